@@ -1,0 +1,1 @@
+"""prepaid package."""
