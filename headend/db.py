@@ -76,8 +76,12 @@ def timescale_license(conn: psycopg.Connection[tuple[object, ...]]) -> str:
     return str(row[0]) if row and row[0] else "apache"
 
 
-def migrate(url: str, folder: Path | None = None) -> list[str]:
-    """Apply pending migrations; return the names applied now (empty when up to date)."""
+def migrate(url: str, folder: Path | None = None, *, license_override: str | None = None) -> list[str]:
+    """Apply pending migrations; return the names applied now (empty when up to date).
+
+    ``license_override`` stands in for the server's ``timescaledb.license`` (tests of
+    the Timescale-licensed path on an Apache server).
+    """
     migrations = list_migrations(folder)
     applied_now: list[str] = []
     with connect(url, autocommit=True) as conn:
@@ -89,7 +93,7 @@ def migrate(url: str, folder: Path | None = None) -> list[str]:
                 " applied_at timestamptz not null default now())"
             )
             done = {r[0] for r in conn.execute("select version from schema_migrations")}
-            license_ = timescale_license(conn) if migrations else "apache"
+            license_ = license_override or (timescale_license(conn) if migrations else "apache")
             for mig in migrations:
                 if mig.version in done:
                     continue
