@@ -1,0 +1,92 @@
+"""The application factory: ``create_app(settings)`` builds the FastAPI app.
+
+The lifespan opens one ``psycopg_pool.AsyncConnectionPool`` (autocommit
+connections; writes open their own transaction) and starts the event hub that
+LISTENs for live updates (``/v1/stream``). Every route lives under ``/v1`` except
+``/health``, ``/metrics`` and the OpenAPI pages (``/docs``, ``/openapi.json``).
+Errors are rendered in one place, :mod:`api.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI
+from psycopg_pool import AsyncConnectionPool
+
+from api import errors, keys
+from api.auth import Principal
+from api.routes import ROUTERS, system
+from api.settings import ApiSettings
+from api.stream import EventHub
+
+API_VERSION = "1.0.0"
+
+DESCRIPTION = """\
+HTTP API of **headend**: meters and service points, readings, accounts and the
+prepaid ledger, top-ups, tariffs and policy, guarded commands, notices, quarantine.
+
+Authenticate with an API key: `Authorization: Bearer <token>` or `X-API-Key: <token>`.
+Errors are `application/problem+json`. See docs/api.md for roles and examples.
+"""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_app(settings: ApiSettings, *, clock: Callable[[], datetime] | None = None) -> FastAPI:
+    """Build the app. ``clock`` (default: UTC wall clock) is the ``now`` passed to every operation."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            settings.database_url,
+            min_size=settings.api_pool_min,
+            max_size=settings.api_pool_max,
+            kwargs={"autocommit": True},
+            check=AsyncConnectionPool.check_connection,
+            timeout=10.0,
+            open=False,
+            name="api",
+        )
+        await pool.open()
+
+        async def key_lookup(token_sha256: str) -> Principal | None:
+            async with pool.connection() as conn:
+                return await keys.lookup(conn, token_sha256)
+
+        hub = EventHub(settings.database_url)
+        app.state.pool = pool
+        app.state.key_lookup = key_lookup
+        app.state.hub = hub
+        try:
+            async with asyncio.TaskGroup() as tg:
+                listener = tg.create_task(hub.run(), name="api-event-hub")
+                try:
+                    yield
+                finally:
+                    hub.close()
+                    listener.cancel()
+        finally:
+            await pool.close()
+
+    app = FastAPI(
+        title="headend API",
+        version=API_VERSION,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.clock = clock or _utcnow
+    errors.install(app)
+    app.include_router(system.router)
+    for router in ROUTERS:
+        app.include_router(router, prefix="/v1")
+    return app
