@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -32,7 +33,11 @@ def template_db() -> Iterator[str]:
     name = f"headend_tpl_{os.getpid()}"
     url = db.create_database(BASE_URL, name, drop_first=True)
     db.migrate(url)
-    # No connection may stay open on a template while it is being copied.
+    # No connection may stay open on a template while it is being copied, and
+    # TimescaleDB's background scheduler connects to every database that allows it.
+    with psycopg.connect(db.database_url_for(BASE_URL, "postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("alter database {} with allow_connections false").format(sql.Identifier(name)))
+        conn.execute("select pg_terminate_backend(pid) from pg_stat_activity where datname = %s", (name,))
     yield name
     db.drop_database(BASE_URL, name)
 
@@ -41,10 +46,20 @@ def template_db() -> Iterator[str]:
 def db_url(template_db: str) -> Iterator[str]:
     """A fresh migrated database of this test's own."""
     name = f"headend_t_{uuid.uuid4().hex[:12]}"
+    create = sql.SQL("create database {} template {}").format(sql.Identifier(name), sql.Identifier(template_db))
     with psycopg.connect(db.database_url_for(BASE_URL, "postgres"), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("create database {} template {}").format(sql.Identifier(name), sql.Identifier(template_db))
-        )
+        for attempt in range(50):
+            try:
+                conn.execute(create)
+                break
+            except psycopg.errors.ObjectInUse:
+                # a backend may still be leaving the template; it goes within milliseconds
+                if attempt == 49:
+                    raise
+                conn.execute(
+                    "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s", (template_db,)
+                )
+                time.sleep(0.1)
     yield db.database_url_for(BASE_URL, name)
     db.drop_database(BASE_URL, name)
 
