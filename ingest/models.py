@@ -88,3 +88,35 @@ class MeterInfo:
     nominal_voltage_v: float = 230.0
     phases: int = 1
     interval_s: int = 900
+
+
+@dataclass(frozen=True, slots=True)
+class MeterDirectory:
+    """The registered meters, by id and by device topic (Tasmota topic / Shelly id)."""
+
+    by_id: dict[str, MeterInfo] = field(default_factory=dict)
+    by_topic: dict[str, MeterInfo] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, meters: list[MeterInfo]) -> MeterDirectory:
+        return cls(
+            by_id={m.meter_id: m for m in meters},
+            by_topic={m.mqtt_topic: m for m in meters if m.mqtt_topic},
+        )
+
+
+@dataclass(slots=True)
+class Item:
+    """One message (or one Modbus poll) on its way to the batch writer.
+
+    ``decoded`` holds what could be accepted; ``reason`` (a quarantine reason) is
+    set when the message could not be decoded at all. The writer may quarantine
+    part of a decoded message too (unknown meter, future timestamp).
+    """
+
+    source: str
+    topic: str | None
+    payload: bytes
+    decoded: Decoded | None = None
+    reason: str | None = None
+    meter_id: str | None = None

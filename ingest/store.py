@@ -1,0 +1,322 @@
+"""The batch writer: one transaction per batch, set-wise, never a round trip per row.
+
+For a batch of items (decoded messages or Modbus polls):
+
+1. readings are COPYed (binary) into a temp staging table, then
+   ``INSERT INTO readings SELECT ... ON CONFLICT DO NOTHING RETURNING``: the
+   rows that were really new come back. In the same statement the new
+   ``1-0:1.8.0`` rows go into ``billing_queue`` (CONTRACTS: ingest -> prepaid),
+   so each reading is billed exactly once across crashes and redelivery;
+2. every newly adjacent pair of import-register readings (found with one
+   windowed query per batch) is judged by ``ingest.validation``: rollover, reset,
+   spike (event + ``meters.billing_hold``) and gap (event + re-read request);
+   gaps that later readings filled get ``filled_at`` in their detail;
+3. events (decoded + findings) are COPYed and inserted ``ON CONFLICT DO NOTHING``;
+4. anything not accepted goes to ``quarantine`` with its raw bytes, topic and reason;
+5. ``meters.last_seen_at`` / ``comms_state`` are refreshed (at most once a minute
+   per meter), and ``pg_notify('billing')`` is issued inside the transaction, so
+   it is delivered at commit and only if the rows were committed.
+
+The caller acknowledges the batch's messages only after :meth:`BatchWriter.write` returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from ingest.models import IMPORT_WH, Event, Item, MeterDirectory, MeterInfo, Reading
+from ingest.validation import Finding, Pair, assess_all, split_future, split_future_events
+
+logger = logging.getLogger(__name__)
+
+_STAGE = """
+create temp table if not exists ingest_stage (
+    meter_id text, obis text, ts timestamptz, value double precision, source text) on commit delete rows;
+create temp table if not exists ingest_new (meter_id text, ts timestamptz, value double precision)
+    on commit delete rows;
+create temp table if not exists ingest_stage_events (
+    meter_id text, ts timestamptz, kind text, detail jsonb, source text) on commit delete rows;
+"""
+
+_INSERT_READINGS = """
+with ins as (
+    insert into readings (meter_id, obis, ts, value, source)
+    select meter_id, obis, ts, value, source from ingest_stage
+    on conflict do nothing
+    returning meter_id, obis, ts, value
+), imp as (
+    insert into ingest_new (meter_id, ts, value)
+    select meter_id, ts, value from ins where obis = '1-0:1.8.0'
+), bq as (
+    insert into billing_queue (meter_id, ts, energy_wh)
+    select meter_id, ts, value from ins where obis = '1-0:1.8.0'
+)
+select count(*), count(*) filter (where obis = '1-0:1.8.0') from ins
+"""
+
+# Every adjacent pair of import readings that involves at least one new row.
+_PAIRS = """
+with b as (
+    select meter_id, min(ts) as lo, max(ts) as hi from ingest_new group by meter_id
+), w as (
+    select b.meter_id,
+        coalesce((select max(r.ts) from readings r
+                  where r.meter_id = b.meter_id and r.obis = '1-0:1.8.0' and r.ts < b.lo), b.lo) as lo,
+        coalesce((select min(r.ts) from readings r
+                  where r.meter_id = b.meter_id and r.obis = '1-0:1.8.0' and r.ts > b.hi), b.hi) as hi
+    from b
+), s as (
+    select r.meter_id, r.ts, r.value, (n.ts is not null) as is_new,
+        lag(r.ts) over x as prev_ts, lag(r.value) over x as prev_value,
+        lag(n.ts is not null) over x as prev_new
+    from w
+    join readings r on r.meter_id = w.meter_id and r.obis = '1-0:1.8.0' and r.ts between w.lo and w.hi
+    left join ingest_new n on n.meter_id = r.meter_id and n.ts = r.ts
+    window x as (partition by r.meter_id order by r.ts)
+)
+select meter_id, prev_ts, prev_value, ts, value from s where prev_ts is not null and (is_new or prev_new)
+"""
+
+# A gap is filled when no step inside it is longer than its max_step_s any more.
+_FILL_GAPS = """
+update meter_events e set detail = e.detail || jsonb_build_object('filled_at', %(now)s::timestamptz)
+where e.kind = 'gap' and e.meter_id = any(%(meters)s) and not (e.detail ? 'filled_at')
+  and e.ts <= %(hi)s and (e.detail->>'to')::timestamptz >= %(lo)s
+  and not exists (
+    select 1 from (
+        select r.ts - lag(r.ts) over (order by r.ts) as step
+        from readings r
+        where r.meter_id = e.meter_id and r.obis = '1-0:1.8.0'
+          and r.ts between e.ts and (e.detail->>'to')::timestamptz
+    ) s where s.step > make_interval(secs => (e.detail->>'max_step_s')::float8))
+returning e.meter_id, e.ts
+"""
+
+_INSERT_EVENTS = """
+insert into meter_events (meter_id, ts, kind, detail, source)
+select meter_id, ts, kind, detail, source from ingest_stage_events
+on conflict do nothing
+returning meter_id, kind
+"""
+
+_SEEN = """
+update meters m set last_seen_at = %(now)s, comms_state = 'online'
+from (select id, comms_state as old_state from meters
+      where id = any(%(ids)s)
+        and (last_seen_at is null or last_seen_at < %(now)s - interval '60 seconds' or comms_state <> 'online')
+      for update) o
+where m.id = o.id
+returning m.id, o.old_state
+"""
+
+_DIRECTORY = """
+select m.id, coalesce(sp.timezone, 'UTC'), m.mqtt_topic, m.register_max_wh::float8, m.rated_current_a::float8,
+       m.nominal_voltage_v::float8, m.phases, m.poll_interval_s
+from meters m left join service_points sp on sp.id = m.service_point_id
+"""
+
+
+@dataclass
+class WriteResult:
+    readings_new: int = 0
+    readings_offered: int = 0
+    billing_rows: int = 0
+    events_new: int = 0
+    quarantined: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    gaps_filled: int = 0
+    restored: list[str] = field(default_factory=list)  # meters whose comms came back
+
+    @property
+    def duplicates(self) -> int:
+        return self.readings_offered - self.readings_new
+
+    @property
+    def rereads(self) -> list[Finding]:
+        return [f for f in self.findings if f.reread]
+
+
+async def load_directory(conn: psycopg.AsyncConnection[Any]) -> MeterDirectory:
+    cur = await conn.execute(_DIRECTORY)
+    rows = await cur.fetchall()
+    return MeterDirectory.of(
+        [
+            MeterInfo(
+                meter_id=r[0],
+                timezone=r[1],
+                mqtt_topic=r[2],
+                register_max_wh=r[3],
+                rated_current_a=r[4],
+                nominal_voltage_v=r[5],
+                phases=r[6],
+                interval_s=r[7],
+            )
+            for r in rows
+        ]
+    )
+
+
+def _summary(rows: Sequence[Reading | Event], limit: int = 3) -> str:
+    shown = ", ".join(f"{r.meter_id}@{r.ts.isoformat()}" for r in rows[:limit])
+    return shown + (f" (+{len(rows) - limit} more)" if len(rows) > limit else "")
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What a batch becomes, before any SQL: accepted rows and quarantine rows."""
+
+    readings: list[tuple[str, str, datetime, float, str]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    event_sources: list[str] = field(default_factory=list)
+    quarantine: list[tuple[str, str | None, str | None, bytes, str]] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+
+class BatchWriter:
+    """Writes batches of items; keeps the meter directory (refreshed on a miss, rate-limited)."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        *,
+        future_tolerance_s: float = 300.0,
+        gap_factor: float = 1.5,
+        directory_min_age_s: float = 5.0,
+    ) -> None:
+        self.pool = pool
+        self.future_tolerance_s = future_tolerance_s
+        self.gap_factor = gap_factor
+        self.directory_min_age_s = directory_min_age_s
+        self.directory = MeterDirectory()
+        self._directory_at = float("-inf")
+
+    async def refresh_directory(self, *, force: bool = False) -> bool:
+        """Reload the meter directory unless it was loaded very recently. True if reloaded."""
+        if not force and time.monotonic() - self._directory_at < self.directory_min_age_s:
+            return False
+        async with self.pool.connection() as conn:
+            self.directory = await load_directory(conn)
+        self._directory_at = time.monotonic()
+        return True
+
+    def _plan(self, items: Sequence[Item], now: datetime) -> _Plan:
+        plan = _Plan()
+        known = self.directory.by_id
+        for item in items:
+            if item.decoded is None:
+                plan.quarantine.append((item.source, item.topic, item.meter_id, item.payload, item.reason or "unknown"))
+                continue
+            reasons: list[str] = []
+            unknown = sorted(m for m in item.decoded.meter_ids if m not in known)
+            readings: list[Reading] = [r for r in item.decoded.readings if r.meter_id in known]
+            events: list[Event] = [e for e in item.decoded.events if e.meter_id in known]
+            if unknown:
+                reasons.append("unknown_meter: " + ", ".join(unknown[:5]))
+            readings, late = split_future(readings, now, self.future_tolerance_s)
+            events, late_events = split_future_events(events, now, self.future_tolerance_s)
+            if late or late_events:
+                reasons.append("future_timestamp: " + _summary([*late, *late_events]))
+            if reasons:
+                meter = item.meter_id or (unknown[0] if unknown else None)
+                plan.quarantine.append((item.source, item.topic, meter, item.payload, "; ".join(reasons)))
+            for r in readings:
+                plan.readings.append((r.meter_id, r.obis, r.ts, r.value, item.source))
+                plan.seen.add(r.meter_id)
+            for e in events:
+                plan.events.append(e)
+                plan.event_sources.append(item.source)
+                plan.seen.add(e.meter_id)
+        return plan
+
+    async def write(self, items: Sequence[Item], now: datetime) -> WriteResult:
+        """Write one batch in one transaction. Raises on database errors (nothing is committed)."""
+        if any(
+            item.decoded is not None and not item.decoded.meter_ids <= self.directory.by_id.keys() for item in items
+        ):
+            await self.refresh_directory()
+        plan = self._plan(items, now)
+        result = WriteResult(readings_offered=len(plan.readings), quarantined=len(plan.quarantine))
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(_STAGE)
+            cur = conn.cursor()
+            if plan.readings:
+                async with cur.copy(
+                    "copy ingest_stage (meter_id, obis, ts, value, source) from stdin (format binary)"
+                ) as copy:
+                    copy.set_types(["text", "text", "timestamptz", "float8", "text"])
+                    for row in plan.readings:
+                        await copy.write_row(row)
+                await cur.execute(_INSERT_READINGS)
+                counts = await cur.fetchone()
+                assert counts is not None
+                result.readings_new, result.billing_rows = int(counts[0]), int(counts[1])
+                if result.billing_rows:
+                    await self._validate(cur, result, now)
+            events = [(e, s) for e, s in zip(plan.events, plan.event_sources, strict=True)]
+            events += [(Event(f.meter_id, f.ts, f.kind, f.detail), "ingest") for f in result.findings]
+            if events:
+                async with cur.copy(
+                    "copy ingest_stage_events (meter_id, ts, kind, detail, source) from stdin (format binary)"
+                ) as copy:
+                    copy.set_types(["text", "timestamptz", "text", "jsonb", "text"])
+                    for e, source in events:
+                        await copy.write_row((e.meter_id, e.ts, e.kind, Jsonb(e.detail), source))
+                await cur.execute(_INSERT_EVENTS)
+                result.events_new = len(await cur.fetchall())
+            holds: dict[str, str] = {}
+            for f in result.findings:
+                if f.hold:
+                    holds.setdefault(f.meter_id, f.kind)  # the first reason in time order wins
+            if holds:
+                await cur.execute(
+                    "update meters m set billing_hold = coalesce(m.billing_hold, h.reason)"
+                    " from unnest(%s::text[], %s::text[]) as h(id, reason) where m.id = h.id",
+                    (list(holds), list(holds.values())),
+                )
+            if plan.quarantine:
+                async with cur.copy(
+                    "copy quarantine (source, topic, meter_id, payload, reason) from stdin (format binary)"
+                ) as copy:
+                    copy.set_types(["text", "text", "text", "bytea", "text"])
+                    for q in plan.quarantine:
+                        await copy.write_row(q)
+            if plan.seen:
+                await cur.execute(_SEEN, {"now": now, "ids": sorted(plan.seen)})
+                changed = await cur.fetchall()
+                result.restored = sorted(r[0] for r in changed if r[1] == "lost")
+                if result.restored:
+                    await cur.executemany(
+                        "insert into meter_events (meter_id, ts, kind, detail, source)"
+                        " values (%s, %s, 'comms_restored', '{}', 'ingest') on conflict do nothing",
+                        [(m, now) for m in result.restored],
+                    )
+            if result.billing_rows:
+                await cur.execute("select pg_notify('billing', %s)", (str(result.billing_rows),))
+        return result
+
+    async def _validate(self, cur: psycopg.AsyncCursor[Any], result: WriteResult, now: datetime) -> None:
+        await cur.execute(_PAIRS)
+        pairs = [Pair(r[0], r[1], r[2], r[3], r[4]) for r in await cur.fetchall()]
+        result.findings = assess_all(pairs, self.directory.by_id, gap_factor=self.gap_factor)
+        await cur.execute("select array_agg(distinct meter_id), min(ts), max(ts) from ingest_new")
+        row = await cur.fetchone()
+        if row and row[0]:
+            await cur.execute(_FILL_GAPS, {"now": now, "meters": row[0], "lo": row[1], "hi": row[2]})
+            result.gaps_filled = len(await cur.fetchall())
+
+
+def new_reading_rows(items: Sequence[Item]) -> int:
+    """How many readings a batch offers (for metrics)."""
+    return sum(len(i.decoded.readings) for i in items if i.decoded is not None)
+
+
+__all__ = ["IMPORT_WH", "BatchWriter", "WriteResult", "load_directory", "new_reading_rows"]
