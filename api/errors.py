@@ -53,6 +53,7 @@ _TITLES = {
     406: "Not Acceptable",
     409: "Conflict",
     415: "Unsupported Media Type",
+    502: "Bad Gateway",
     422: "Unprocessable Content",
     500: "Internal Server Error",
     501: "Not Implemented",
@@ -66,9 +67,11 @@ class ApiError(Exception):
     status = 500
     code = "internal"
 
-    def __init__(self, detail: str, **extra: Any) -> None:
+    def __init__(self, detail: str, *, code: str | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
+        if code is not None:
+            self.code = code
         self.extra = extra
 
 
@@ -111,22 +114,20 @@ class ServiceUnavailable(ApiError):
 DOMAIN_STATUS: dict[str, int] = {
     "headend.errors.DatabaseUnavailable": 503,
     "headend.errors.MigrationError": 503,
-    # prepaid
-    "prepaid.errors.AccountNotFound": 404,
-    "prepaid.errors.NotFound": 404,
-    "prepaid.errors.DuplicateTopup": 409,
-    "prepaid.errors.AccountClosed": 409,
-    "prepaid.errors.InvalidTariff": 422,
+    # prepaid (prepaid/errors.py)
     "prepaid.errors.TariffError": 422,
-    # control
-    "control.errors.NotFound": 404,
-    "control.errors.CommandNotFound": 404,
-    "control.errors.MeterNotFound": 404,
-    "control.errors.SelfApproval": 403,
-    "control.errors.InvalidTransition": 409,
+    "prepaid.errors.NotFound": 404,
+    "prepaid.errors.Conflict": 409,
+    "prepaid.errors.InvalidRequest": 422,
+    # control (control/errors.py)
     "control.errors.PolicyError": 422,
-    "control.errors.InvalidPolicy": 422,
-    # ingest
+    "control.errors.TransitionError": 409,
+    "control.errors.CommandNotFound": 404,
+    "control.errors.ApprovalError": 403,
+    "control.errors.AuditUnavailable": 503,
+    "control.errors.AuditChainBroken": 503,
+    "control.errors.DispatchError": 502,
+    # ingest (ingest/errors.py)
     "ingest.errors.DecodeError": 422,
 }
 _DOMAIN_PACKAGES = ("prepaid.", "control.", "ingest.", "headend.", "simulators.")

@@ -4,4 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-ROUTERS: list[APIRouter] = []
+from api.routes import accounts, commands, inbox, live, money, network, readings
+
+ROUTERS: list[APIRouter] = [
+    network.router,
+    readings.router,
+    accounts.router,
+    money.router,
+    commands.router,
+    inbox.router,
+    live.router,
+]

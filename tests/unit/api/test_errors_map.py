@@ -19,8 +19,8 @@ def _domain_error(module: str, name: str) -> Exception:
 @pytest.mark.parametrize(
     ("module", "name", "status"),
     [
-        pytest.param("prepaid.errors", "AccountNotFound", 404, id="explicit"),
-        pytest.param("control.errors", "SelfApproval", 403, id="self-approval"),
+        pytest.param("prepaid.errors", "NotFound", 404, id="explicit"),
+        pytest.param("control.errors", "ApprovalError", 403, id="approval"),
         pytest.param("control.errors", "CommandNotFound", 404, id="command-missing"),
         pytest.param("prepaid.errors", "WidgetNotFound", 404, id="name-rule-404"),
         pytest.param("control.errors", "BadStateTransition", 409, id="name-rule-409"),
@@ -38,3 +38,13 @@ def test_foreign_errors_are_not_domain_errors() -> None:
 
 def test_shared_layer_errors() -> None:
     assert domain_status(DatabaseUnavailable("down")) == 503
+
+
+def test_real_domain_classes_and_subclasses() -> None:
+    from control.errors import ApprovalError, TransitionError
+    from prepaid.errors import AlreadyReversed, TariffError
+
+    assert domain_status(ApprovalError("own request")) == 403
+    assert domain_status(TransitionError("x")) == 409
+    assert domain_status(AlreadyReversed("x")) == 409  # via its base Conflict
+    assert domain_status(TariffError("x")) == 422

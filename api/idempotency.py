@@ -1,0 +1,100 @@
+"""Idempotency keys for POSTs that create money or a command (table ``api_idempotency``, 0401).
+
+Rules (also in docs/api.md):
+- the ``Idempotency-Key`` header (1-200 printable ASCII characters) is required on
+  POST /v1/topups, /v1/topups/reversals, /v1/commands and /v1/commands/bulk;
+- keys are scoped to the API key that sent them;
+- the request fingerprint is SHA-256 over method, path and the canonical JSON of
+  the validated body (so whitespace and key order do not matter);
+- first use: the key is claimed, the operation runs, its 2xx response is stored;
+  if the operation fails the claim is released (a retry runs it again);
+- same key + same request: the stored response is replayed with the same status
+  and the header ``Idempotent-Replayed: true``;
+- same key + different request: 422 ``idempotency-mismatch``;
+- same key while the first request is still running: 409 ``idempotency-in-flight``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from api.auth import Principal
+from api.errors import Conflict, Unprocessable
+
+REPLAY_HEADER = "Idempotent-Replayed"
+KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
+
+
+def fingerprint(method: str, path: str, body: Any) -> str:
+    canonical = json.dumps(jsonable_encoder(body), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{method.upper()} {path}\n{canonical}".encode()).hexdigest()
+
+
+async def run_once(
+    conn: psycopg.AsyncConnection[Any],
+    principal: Principal,
+    key: str,
+    *,
+    method: str,
+    path: str,
+    body: Any,
+    ttl_h: int,
+    operation: Callable[[], Awaitable[tuple[int, Any]]],
+) -> JSONResponse:
+    """Run ``operation`` (returning status and a JSON-able body) at most once per key."""
+    digest = fingerprint(method, path, body)
+    async with conn.transaction():
+        await conn.execute(
+            "delete from api_idempotency where key_id = %s and idempotency_key = %s"
+            " and created_at < now() - make_interval(hours => %s)",
+            (principal.key_id, key, ttl_h),
+        )
+        cur = await conn.execute(
+            "insert into api_idempotency (key_id, idempotency_key, method, path, request_sha256)"
+            " values (%s, %s, %s, %s, %s) on conflict do nothing",
+            (principal.key_id, key, method.upper(), path, digest),
+        )
+        claimed = cur.rowcount == 1
+    if not claimed:
+        return await _replay(conn, principal, key, digest)
+    try:
+        status, result = await operation()
+    except BaseException:
+        await conn.execute(
+            "delete from api_idempotency where key_id = %s and idempotency_key = %s and response is null",
+            (principal.key_id, key),
+        )
+        raise
+    payload = jsonable_encoder(result)
+    await conn.execute(
+        "update api_idempotency set status_code = %s, response = %s, completed_at = now()"
+        " where key_id = %s and idempotency_key = %s",
+        (status, Jsonb(payload), principal.key_id, key),
+    )
+    return JSONResponse(payload, status_code=status)
+
+
+async def _replay(conn: psycopg.AsyncConnection[Any], principal: Principal, key: str, digest: str) -> JSONResponse:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "select request_sha256, status_code, response from api_idempotency"
+            " where key_id = %s and idempotency_key = %s",
+            (principal.key_id, key),
+        )
+        row = await cur.fetchone()
+    if row is None:  # released between our insert attempt and now: the caller may retry
+        raise Conflict("Idempotency-Key is being released; retry", code="idempotency-in-flight")
+    if row["request_sha256"] != digest:
+        raise Unprocessable("Idempotency-Key was already used with a different request", code="idempotency-mismatch")
+    if row["status_code"] is None:
+        raise Conflict("a request with this Idempotency-Key is still in progress", code="idempotency-in-flight")
+    return JSONResponse(row["response"], status_code=int(row["status_code"]), headers={REPLAY_HEADER: "true"})

@@ -1,0 +1,147 @@
+"""Accounts: balance, ledger (keyset pages), statement, days of credit left, explain,
+account events and notices. Customers see only their own accounts (others: 404)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime
+
+from api import store
+from api.auth import ACCOUNT_READERS, READERS, Principal, Role, ensure_account_visible, requires
+from api.deps import Conn, Now
+from api.engines import operation, plain
+from api.errors import ProblemRoute, Unprocessable
+from api.schemas import ID_PATTERN, AccountEventOut, AccountOut, LedgerEntryOut, NoticeOut, Page
+
+router = APIRouter(route_class=ProblemRoute, tags=["accounts"])
+AccountReaders = Annotated[Principal, Depends(requires(*ACCOUNT_READERS))]
+Readers = Annotated[Principal, Depends(requires(*READERS))]
+Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
+After = Annotated[int | None, Query(ge=0, le=2**62, description="cursor: 'next' of the previous page")]
+
+
+async def _visible(conn: Conn, who: Principal, account_id: str) -> dict[str, Any]:
+    ensure_account_visible(who, account_id)
+    return await store.get_account(conn, account_id)
+
+
+@router.get("/accounts", response_model=Page[AccountOut], summary="List accounts (customers: their own)")
+async def list_accounts(
+    conn: Conn,
+    who: AccountReaders,
+    service_point_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    status: Annotated[str | None, Query(pattern="^(open|closed)$")] = None,
+    after: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    limit: Limit = 100,
+) -> Any:
+    only = who.account_ids if who.role is Role.CUSTOMER else None
+    rows = await store.list_accounts(
+        conn, only=only, service_point_id=service_point_id, status=status, after=after, limit=limit
+    )
+    return {"items": rows, "next": rows[-1]["id"] if len(rows) == limit else None}
+
+
+@router.get("/accounts/{account_id}", response_model=AccountOut, summary="An account and its balance")
+async def get_account(account_id: str, conn: Conn, who: AccountReaders) -> Any:
+    return await _visible(conn, who, account_id)
+
+
+@router.get(
+    "/accounts/{account_id}/ledger",
+    response_model=Page[LedgerEntryOut],
+    summary="Ledger entries, oldest first, keyset-paginated by entry id",
+)
+async def ledger(account_id: str, conn: Conn, who: AccountReaders, after: After = None, limit: Limit = 100) -> Any:
+    await _visible(conn, who, account_id)
+    rows = await store.ledger(conn, account_id, after=after, limit=limit)
+    return {"items": rows, "next": str(rows[-1]["id"]) if len(rows) == limit else None}
+
+
+@router.get("/accounts/{account_id}/statement", summary="Statement for [start, end) (prepaid.operations.statement)")
+async def statement(
+    account_id: str,
+    conn: Conn,
+    now: Now,
+    who: AccountReaders,
+    start: Annotated[AwareDatetime | None, Query(description="inclusive; default end minus 30 days")] = None,
+    end: Annotated[AwareDatetime | None, Query(description="exclusive; default now")] = None,
+) -> JSONResponse:
+    await _visible(conn, who, account_id)
+    e = end or now
+    s = start or (e - timedelta(days=30))
+    if s >= e:
+        raise Unprocessable(
+            "start must be before end",
+            code="validation",
+            errors=[{"field": "query.start", "message": "must be before end"}],
+        )
+    fn = operation("prepaid.operations", "statement")
+    return JSONResponse(plain(await fn(conn, account_id, s, e)))
+
+
+@router.get("/accounts/{account_id}/credit", summary="Days of credit left and credit facts")
+async def credit(account_id: str, conn: Conn, now: Now, who: AccountReaders) -> JSONResponse:
+    account = await _visible(conn, who, account_id)
+    days = await operation("prepaid.operations", "days_of_credit_left")(conn, account_id, now)
+    facts = await operation("prepaid.operations", "credit_facts")(conn, account_id, now)
+    return JSONResponse(
+        {
+            "account_id": account_id,
+            "balance_minor": account["balance_minor"],
+            "days_of_credit_left": plain(days),
+            "facts": plain(facts),
+        }
+    )
+
+
+@router.get(
+    "/accounts/{account_id}/explain",
+    summary="Would this account be disconnected now, and why (control.operations.explain)",
+)
+async def explain(account_id: str, conn: Conn, now: Now, who: AccountReaders) -> JSONResponse:
+    await _visible(conn, who, account_id)
+    decision = await operation("control.operations", "explain")(conn, account_id, now)
+    return JSONResponse({"account_id": account_id, "at": now.isoformat(), "decision": plain(decision)})
+
+
+@router.get("/accounts/{account_id}/events", response_model=Page[AccountEventOut], summary="Account events")
+async def account_events(
+    account_id: str, conn: Conn, who: AccountReaders, after: After = None, limit: Limit = 100
+) -> Any:
+    await _visible(conn, who, account_id)
+    rows = await store.account_events(conn, account_id, after=after, limit=limit)
+    return {"items": rows, "next": str(rows[-1]["id"]) if len(rows) == limit else None}
+
+
+@router.get("/accounts/{account_id}/notices", response_model=Page[NoticeOut], summary="Notices to this account")
+async def account_notices(
+    account_id: str, conn: Conn, who: AccountReaders, after: After = None, limit: Limit = 100
+) -> Any:
+    await _visible(conn, who, account_id)
+    rows = await store.list_notices(conn, account_id=account_id, kind=None, status=None, after=after, limit=limit)
+    return {"items": rows, "next": str(rows[-1]["id"]) if len(rows) == limit else None}
+
+
+@router.get("/kpis", summary="Collection KPIs per period and area (prepaid.operations.kpis)")
+async def kpis(
+    conn: Conn,
+    now: Now,
+    _: Readers,
+    start: Annotated[AwareDatetime | None, Query(description="inclusive; default start of the current year")] = None,
+    end: Annotated[AwareDatetime | None, Query(description="exclusive; default now")] = None,
+    area: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+) -> JSONResponse:
+    e = end or now
+    s = start or e.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
+    if s >= e:
+        raise Unprocessable(
+            "start must be before end",
+            code="validation",
+            errors=[{"field": "query.start", "message": "must be before end"}],
+        )
+    result = await operation("prepaid.operations", "kpis")(conn, start=s, end=e, area=area)
+    return JSONResponse({"start": s.isoformat(), "end": e.isoformat(), "area": area, "kpis": plain(result)})

@@ -1,0 +1,110 @@
+"""Notices (list, get, delivery receipt) and quarantine (list, inspect, replay).
+
+A delivery receipt sets ``notices.delivered_at`` (the first receipt wins): control's
+guard requires a confirmed delivery before a disconnect. Replay re-submits the raw
+payload of a quarantined message through ingest's decoder and writer.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+
+from api import store
+from api.auth import OPERATORS, READERS, Principal, requires
+from api.deps import Conn, Now
+from api.engines import operation, plain
+from api.errors import ProblemRoute
+from api.schemas import ID_PATTERN, DeliveryReceiptIn, NoticeOut, Page, QuarantineDetailOut, QuarantineOut, ReplayOut
+
+router = APIRouter(route_class=ProblemRoute)
+Readers = Annotated[Principal, Depends(requires(*READERS))]
+Operators = Annotated[Principal, Depends(requires(*OPERATORS))]
+Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
+After = Annotated[int | None, Query(ge=0, le=2**62, description="cursor: 'next' of the previous page")]
+Name = Annotated[str | None, Query(min_length=1, max_length=64)]
+
+
+def _page(rows: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+    return {"items": rows, "next": str(rows[-1]["id"]) if len(rows) == limit else None}
+
+
+@router.get("/notices", tags=["notices"], response_model=Page[NoticeOut], summary="List notices")
+async def list_notices(
+    conn: Conn,
+    _: Readers,
+    account_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    kind: Name = None,
+    status: Name = None,
+    after: After = None,
+    limit: Limit = 100,
+) -> Any:
+    rows = await store.list_notices(conn, account_id=account_id, kind=kind, status=status, after=after, limit=limit)
+    return _page(rows, limit)
+
+
+@router.get("/notices/{notice_id}", tags=["notices"], response_model=NoticeOut, summary="One notice")
+async def get_notice(notice_id: int, conn: Conn, _: Readers) -> Any:
+    return await store.get_notice(conn, notice_id)
+
+
+@router.post(
+    "/notices/{notice_id}/delivery",
+    tags=["notices"],
+    response_model=NoticeOut,
+    summary="Delivery receipt: mark a notice delivered (first receipt wins)",
+)
+async def delivery_receipt(
+    notice_id: int, conn: Conn, now: Now, _: Operators, body: DeliveryReceiptIn | None = None
+) -> Any:
+    receipt = body or DeliveryReceiptIn()
+    return await store.mark_delivered(
+        conn, notice_id, delivered_at=receipt.delivered_at or now, channel=receipt.channel
+    )
+
+
+@router.get("/quarantine", tags=["quarantine"], response_model=Page[QuarantineOut], summary="Quarantined input")
+async def list_quarantine(
+    conn: Conn,
+    _: Readers,
+    source: Name = None,
+    meter_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    replayed: bool | None = None,
+    after: After = None,
+    limit: Limit = 100,
+) -> Any:
+    rows = await store.list_quarantine(
+        conn, source=source, meter_id=meter_id, replayed=replayed, after=after, limit=limit
+    )
+    return _page(rows, limit)
+
+
+@router.get(
+    "/quarantine/{item_id}", tags=["quarantine"], response_model=QuarantineDetailOut, summary="Inspect one item"
+)
+async def get_quarantined(item_id: int, conn: Conn, _: Readers) -> Any:
+    row = await store.get_quarantined(conn, item_id)
+    payload = bytes(row.pop("payload"))
+    try:
+        text: str | None = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return {**row, "payload_base64": base64.b64encode(payload).decode(), "payload_text": text}
+
+
+@router.post(
+    "/quarantine/{item_id}/replay",
+    tags=["quarantine"],
+    response_model=ReplayOut,
+    summary="Re-submit the raw payload through ingest's decoder and writer (after a fix)",
+)
+async def replay(item_id: int, conn: Conn, now: Now, _: Operators) -> Any:
+    row = await store.get_quarantined(conn, item_id)
+    fn = operation("ingest.replay", "replay")
+    result = plain(await fn(conn, source=row["source"], topic=row["topic"], payload=bytes(row["payload"]), now=now))
+    accepted = bool(result.get("accepted")) if isinstance(result, dict) else bool(result)
+    text = str(result.get("result", result)) if isinstance(result, dict) else str(result)
+    await store.mark_replayed(conn, item_id, at=now, result=text)
+    return {"id": item_id, "accepted": accepted, "result": text, "replayed_at": now}

@@ -1,0 +1,130 @@
+"""Top-ups for payment integrators (idempotent) and tariff versions.
+
+Money is moved only by prepaid.operations (topup, reverse_topup); tariff versions
+are validated and added by prepaid too. This module adds the HTTP rules:
+``Idempotency-Key`` (api.idempotency) on top of prepaid's own (channel, reference)
+idempotency.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse
+
+from api import store
+from api.auth import ADMINS, INTEGRATORS, READERS, Principal, requires
+from api.deps import Conn, Now
+from api.engines import operation, plain
+from api.errors import ProblemRoute
+from api.idempotency import KEY_PATTERN, run_once
+from api.schemas import TariffOut, TariffVersionIn, TopupIn, TopupReversalIn
+from api.settings import ApiSettings
+
+router = APIRouter(route_class=ProblemRoute)
+Integrators = Annotated[Principal, Depends(requires(*INTEGRATORS))]
+Readers = Annotated[Principal, Depends(requires(*READERS))]
+Admins = Annotated[Principal, Depends(requires(*ADMINS))]
+IdempotencyKey = Annotated[
+    str,
+    Header(
+        alias="Idempotency-Key",
+        pattern=KEY_PATTERN,
+        description="1-200 printable ASCII characters; same key + same body replays the first response",
+    ),
+]
+
+
+def _ttl(request: Request) -> int:
+    settings: ApiSettings = request.app.state.settings
+    return settings.api_idempotency_ttl_h
+
+
+@router.post(
+    "/topups",
+    tags=["top-ups"],
+    status_code=201,
+    summary="Credit an account (payment integrators). 201 new, 200 when (channel, reference) was seen before",
+    responses={200: {"description": "duplicate (channel, reference): the first top-up's result"}},
+)
+async def create_topup(
+    body: TopupIn, request: Request, conn: Conn, now: Now, who: Integrators, idempotency_key: IdempotencyKey
+) -> JSONResponse:
+    async def run() -> tuple[int, Any]:
+        await store.get_account(conn, body.account_id)
+        topup = operation("prepaid.operations", "topup")
+        result = await topup(
+            conn,
+            account_id=body.account_id,
+            channel=body.channel.value,
+            reference=body.reference,
+            amount_minor=body.amount_minor,
+            now=now,
+        )
+        out = plain(result)
+        duplicate = bool(out.get("duplicate")) if isinstance(out, dict) else False
+        return (200 if duplicate else 201), out
+
+    return await run_once(
+        conn,
+        who,
+        idempotency_key,
+        method="POST",
+        path=request.url.path,
+        body=body.model_dump(mode="json"),
+        ttl_h=_ttl(request),
+        operation=run,
+    )
+
+
+@router.post("/topups/reversals", tags=["top-ups"], status_code=201, summary="Reverse a top-up by its reference")
+async def reverse_topup(
+    body: TopupReversalIn, request: Request, conn: Conn, now: Now, who: Integrators, idempotency_key: IdempotencyKey
+) -> JSONResponse:
+    async def run() -> tuple[int, Any]:
+        reverse = operation("prepaid.operations", "reverse_topup")
+        result = await reverse(conn, channel=body.channel.value, reference=body.reference, reason=body.reason, now=now)
+        return 201, plain(result)
+
+    return await run_once(
+        conn,
+        who,
+        idempotency_key,
+        method="POST",
+        path=request.url.path,
+        body=body.model_dump(mode="json"),
+        ttl_h=_ttl(request),
+        operation=run,
+    )
+
+
+@router.get("/tariffs", tags=["tariffs"], response_model=list[TariffOut], summary="Tariffs (without versions)")
+async def list_tariffs(conn: Conn, _: Readers) -> Any:
+    return await store.list_tariffs(conn)
+
+
+@router.get("/tariffs/{tariff_id}", tags=["tariffs"], response_model=TariffOut, summary="A tariff and its versions")
+async def get_tariff(tariff_id: str, conn: Conn, _: Readers) -> Any:
+    return await store.get_tariff(conn, tariff_id)
+
+
+@router.post(
+    "/tariffs/{tariff_id}/versions",
+    tags=["tariffs"],
+    status_code=201,
+    response_model=TariffOut,
+    summary="Add a tariff version (admin); it never re-rates consumption before effective_from",
+)
+async def add_tariff_version(tariff_id: str, body: TariffVersionIn, conn: Conn, now: Now, who: Admins) -> Any:
+    await store.get_tariff(conn, tariff_id)
+    add = operation("prepaid.operations", "add_tariff_version")
+    await add(
+        conn,
+        tariff_id=tariff_id,
+        effective_from=body.effective_from,
+        definition=body.definition,
+        created_by=who.actor,
+        now=now,
+    )
+    return await store.get_tariff(conn, tariff_id)
