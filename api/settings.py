@@ -22,3 +22,6 @@ class ApiSettings(CommonSettings):
     api_health_timeout_s: float = 2.0
     # Idempotency records older than this are forgotten (and the key may be reused).
     api_idempotency_ttl_h: int = 48
+    # Device topic prefixes, the same variables ingest reads (quarantine replay decodes like ingest).
+    mqtt_tasmota_prefix: str = ""
+    mqtt_shelly_prefix: str = ""

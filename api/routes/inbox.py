@@ -10,14 +10,16 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 
 from api import store
 from api.auth import OPERATORS, READERS, Principal, requires
 from api.deps import Conn, Now
-from api.engines import operation, plain
 from api.errors import ProblemRoute
+from api.replay import replay as replay_item
 from api.schemas import ID_PATTERN, DeliveryReceiptIn, NoticeOut, Page, QuarantineDetailOut, QuarantineOut, ReplayOut
+from api.settings import ApiSettings
+from ingest.dispatch import Prefixes
 
 router = APIRouter(route_class=ProblemRoute)
 Readers = Annotated[Principal, Depends(requires(*READERS))]
@@ -100,11 +102,16 @@ async def get_quarantined(item_id: int, conn: Conn, _: Readers) -> Any:
     response_model=ReplayOut,
     summary="Re-submit the raw payload through ingest's decoder and writer (after a fix)",
 )
-async def replay(item_id: int, conn: Conn, now: Now, _: Operators) -> Any:
+async def replay(item_id: int, request: Request, conn: Conn, now: Now, _: Operators) -> Any:
+    settings: ApiSettings = request.app.state.settings
     row = await store.get_quarantined(conn, item_id)
-    fn = operation("ingest.replay", "replay")
-    result = plain(await fn(conn, source=row["source"], topic=row["topic"], payload=bytes(row["payload"]), now=now))
-    accepted = bool(result.get("accepted")) if isinstance(result, dict) else bool(result)
-    text = str(result.get("result", result)) if isinstance(result, dict) else str(result)
-    await store.mark_replayed(conn, item_id, at=now, result=text)
-    return {"id": item_id, "accepted": accepted, "result": text, "replayed_at": now}
+    outcome = await replay_item(
+        request.app.state.pool,
+        source=row["source"],
+        topic=row["topic"],
+        payload=bytes(row["payload"]),
+        prefixes=Prefixes(settings.mqtt_prefix, settings.mqtt_tasmota_prefix, settings.mqtt_shelly_prefix),
+        now=now,
+    )
+    await store.mark_replayed(conn, item_id, at=now, result=outcome.result)
+    return {"id": item_id, "accepted": outcome.accepted, "result": outcome.result, "replayed_at": now}
