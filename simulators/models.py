@@ -64,8 +64,8 @@ class MeterSpec:
     block_intervals: int = 4
     concentrator: str | None = None
     device_topic: str | None = None  # Tasmota topic / Shelly device id (default: the meter id)
-    modbus_port: int | None = None
-    modbus_unit: int | None = None
+    modbus_server: int | None = None  # which of the fleet's Modbus servers (port = base port + this)
+    modbus_unit: int | None = None  # unit (device) id on that server, 1..247
     service_point_id: str | None = None
     feeder: str = "F-1"
     account_class: str = "residential"
