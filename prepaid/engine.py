@@ -1,0 +1,264 @@
+"""The debit engine's batch: claim queued readings, bill them, post, delete — one transaction.
+
+``bill_batch(conn, limit=..., now=...)`` is one transaction:
+
+1. claim up to ``limit`` billing_queue rows ``FOR UPDATE SKIP LOCKED`` whose meter
+   has no billing hold (several engines can run side by side);
+2. lock the meters' billing_state rows (id order), re-check holds;
+3. bill each meter with the pure ``billing.bill_meter`` (numpy pricing over its
+   complete intervals, versions by effective date, the service point's calendar);
+4. post one ``consumption`` entry per meter and everything that follows
+   (posting.post_entries: balances with one UPDATE, credit state, events, notices);
+5. insert the interval charges, update billing_state, delete the claimed rows.
+
+A crash before commit loses nothing (the rows stay queued); after commit nothing
+is posted twice (the rows are gone and the watermark moved). A meter that shows a
+register decrease or an impossible advance gets ``meters.billing_hold`` set; its
+rows from that reading on stay queued until ``operations.resolve_billing_hold``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+from prepaid import billing
+from prepaid.errors import TariffError
+from prepaid.posting import Posting, calendar_for, post_entries
+from prepaid.pricing import INTERVAL_S, TierState
+from prepaid.tariffs import Version, compile_version
+
+logger = logging.getLogger(__name__)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+NO_ACCOUNT_TARIFF = [compile_version(_EPOCH, {"kind": "flat", "price_per_kwh": "0"})]
+
+
+class VersionCache:
+    """Compiled tariff versions; a version is never edited, so (tariff, effective_from) is a key."""
+
+    def __init__(self) -> None:
+        self._compiled: dict[tuple[str, datetime], Version] = {}
+
+    async def load(self, conn: AsyncConnection[Any], tariff_ids: list[str]) -> dict[str, list[Version]]:
+        out: dict[str, list[Version]] = {t: [] for t in tariff_ids}
+        if not tariff_ids:
+            return out
+        cur = await conn.execute(
+            "select tariff_id, effective_from, definition from tariff_versions"
+            " where tariff_id = any(%s) order by tariff_id, effective_from",
+            (tariff_ids,),
+        )
+        for tariff_id, effective_from, definition in await cur.fetchall():
+            key = (tariff_id, effective_from)
+            if key not in self._compiled:
+                self._compiled[key] = compile_version(effective_from, definition)
+            out[tariff_id].append(self._compiled[key])
+        return out
+
+
+@dataclass
+class BatchResult:
+    claimed_ids: list[int] = field(default_factory=list)
+    deleted: int = 0
+    meters: int = 0
+    intervals: int = 0
+    debit_minor: int = 0
+    holds: dict[str, str] = field(default_factory=dict)
+    event_ids: list[int] = field(default_factory=list)
+
+
+def _ts(seconds: int | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+def _epoch(at: datetime | None) -> int | None:
+    return None if at is None else int(at.timestamp())
+
+
+async def bill_batch(
+    conn: AsyncConnection[Any],
+    *,
+    now: datetime,
+    limit: int = 2000,
+    versions: VersionCache | None = None,
+    interval_s: int = INTERVAL_S,
+) -> BatchResult:
+    versions = versions or VersionCache()
+    result = BatchResult()
+    async with conn.transaction():
+        cur = await conn.execute(
+            "select q.id, q.meter_id, q.ts, q.energy_wh from billing_queue q"
+            " where not exists (select 1 from meters m where m.id = q.meter_id and m.billing_hold is not null)"
+            " order by q.id limit %s for update of q skip locked",
+            (limit,),
+        )
+        claimed = await cur.fetchall()
+        if not claimed:
+            return result
+        result.claimed_ids = [int(r[0]) for r in claimed]
+        by_meter: dict[str, list[tuple[int, int, float]]] = {}
+        for qid, meter_id, ts, energy in claimed:
+            by_meter.setdefault(meter_id, []).append((int(qid), int(ts.timestamp()), float(energy)))
+        meter_ids = sorted(by_meter)
+        await conn.execute(
+            "insert into billing_state (meter_id) select m.id from meters m where m.id = any(%s)"
+            " on conflict (meter_id) do nothing",
+            (meter_ids,),
+        )
+        cur = await conn.execute(
+            "select bs.meter_id, m.register_max_wh, m.rated_current_a, m.nominal_voltage_v, m.phases,"
+            " m.billing_hold, a.id, a.tariff_id, sp.timezone, sp.country, sp.subdivision,"
+            " bs.last_ts, bs.last_register_wh, bs.pending_start, bs.pending_wh, bs.residual_micro,"
+            " bs.tier_period, bs.tier_used_wh, bs.rebaseline_at"
+            " from billing_state bs join meters m on m.id = bs.meter_id"
+            " left join service_points sp on sp.id = m.service_point_id"
+            " left join accounts a on a.service_point_id = m.service_point_id and a.status = 'open'"
+            " where bs.meter_id = any(%s) order by bs.meter_id for update of bs",
+            (meter_ids,),
+        )
+        rows = await cur.fetchall()
+        unknown = set(meter_ids) - {r[0] for r in rows}
+        tariffs = await versions.load(conn, sorted({r[7] for r in rows if r[7]}))
+
+        bills: list[tuple[str, str | None, billing.MeterBill]] = []
+        delete_ids: list[int] = [qid for m in unknown for qid, _, _ in by_meter[m]]  # no such meter: drop
+        for m in unknown:
+            logger.warning("billing_queue rows for unknown meter %s dropped", m)
+        for r in rows:
+            meter_id, account_id, tariff_id = r[0], r[6], r[7]
+            if r[5] is not None:
+                continue  # hold set after the claim: leave the rows queued
+            state = billing.MeterState(
+                last_ts_s=_epoch(r[11]),
+                last_register_wh=r[12],
+                pending_start_s=_epoch(r[13]),
+                pending_wh=int(r[14]),
+                residual_micro=int(r[15]),
+                tier=TierState(r[16], int(r[17])),
+                rebaseline_at_s=_epoch(r[18]),
+            )
+            spec = billing.MeterSpec(int(r[1]), float(r[2]), float(r[3]), int(r[4]))
+            calendar = calendar_for(r[8] or "UTC", r[9] or "CN", r[10])
+            if account_id is None:
+                vs = NO_ACCOUNT_TARIFF
+            elif not tariff_id:
+                result.holds[meter_id] = "no_tariff"
+                continue
+            else:
+                vs = tariffs.get(tariff_id, [])
+            readings = [(ts, value) for _, ts, value in by_meter[meter_id]]
+            try:
+                bill = billing.bill_meter(state, readings, vs, calendar, spec, interval_s)
+            except TariffError as exc:
+                logger.warning("meter %s: %s; billing held", meter_id, exc)
+                result.holds[meter_id] = "tariff_error"
+                continue
+            if bill.hold is not None:
+                result.holds[meter_id] = bill.hold
+            cutoff = bill.hold_ts_s
+            delete_ids += [qid for qid, ts, _ in by_meter[meter_id] if cutoff is None or ts < cutoff]
+            bills.append((meter_id, account_id, bill))
+
+        postings: list[Posting] = []
+        posting_of: list[int] = []
+        for i, (meter_id, account_id, bill) in enumerate(bills):
+            if account_id is None or len(bill.priced) == 0:
+                continue
+            postings.append(
+                Posting(
+                    account_id=account_id,
+                    kind="consumption",
+                    amount_minor=-bill.debit_minor,
+                    meter_id=meter_id,
+                    period_start=_ts(bill.period_start_s),
+                    period_end=_ts(bill.period_end_s),
+                    detail={"energy_wh": int(bill.priced.energy_wh.sum()), "intervals": len(bill.priced)},
+                )
+            )
+            posting_of.append(i)
+        if postings:
+            posted = await post_entries(conn, postings, now)
+            result.event_ids = posted.event_ids
+            cols: list[list[Any]] = [[] for _ in range(10)]
+            for i, entry_id in zip(posting_of, posted.entry_ids, strict=True):
+                meter_id, account_id, bill = bills[i]
+                p = bill.priced
+                n = len(p)
+                cols[0] += [meter_id] * n
+                cols[1] += [account_id] * n
+                cols[2] += p.start_s.tolist()
+                cols[3] += p.block.tolist()
+                cols[4] += list(p.label)
+                cols[5] += p.energy_wh.tolist()
+                cols[6] += p.rate_micro.tolist()
+                cols[7] += p.amount_micro.tolist()
+                cols[8] += p.version_from_s.tolist()
+                cols[9] += [entry_id] * n
+                result.intervals += n
+                result.debit_minor += bill.debit_minor
+            await conn.execute(
+                "insert into interval_charges (meter_id, account_id, interval_start, block, label, energy_wh,"
+                " rate_micro, amount_micro, tariff_from, ledger_entry_id)"
+                " select u.m, u.a, to_timestamp(u.s), u.b, u.l, u.e, u.r, u.amt, to_timestamp(u.f), u.le"
+                " from unnest(%s::text[], %s::text[], %s::float8[], %s::smallint[], %s::text[], %s::bigint[],"
+                " %s::bigint[], %s::bigint[], %s::float8[], %s::bigint[]) u(m, a, s, b, l, e, r, amt, f, le)",
+                cols,
+            )
+        if bills:
+            st = [b.state for _, _, b in bills]
+            await conn.execute(
+                "update billing_state bs set last_ts = u.lt, last_register_wh = u.lr, pending_start = u.ps,"
+                " pending_wh = u.pw, residual_micro = u.rm, tier_period = u.tp, tier_used_wh = u.tu,"
+                " rebaseline_at = u.rb, updated_at = %s"
+                " from unnest(%s::text[], %s::timestamptz[], %s::bigint[], %s::timestamptz[], %s::bigint[],"
+                " %s::bigint[], %s::integer[], %s::bigint[], %s::timestamptz[]) u(m, lt, lr, ps, pw, rm, tp, tu, rb)"
+                " where bs.meter_id = u.m",
+                (
+                    now,
+                    [m for m, _, _ in bills],
+                    [_ts(s.last_ts_s) for s in st],
+                    [s.last_register_wh for s in st],
+                    [_ts(s.pending_start_s) for s in st],
+                    [s.pending_wh for s in st],
+                    [s.residual_micro for s in st],
+                    [s.tier.period for s in st],
+                    [s.tier.used_wh for s in st],
+                    [_ts(s.rebaseline_at_s) for s in st],
+                ),
+            )
+        if result.holds:
+            await _hold(conn, result.holds, {m: b.hold_ts_s for m, _, b in bills}, now)
+        if delete_ids:
+            cur = await conn.execute("delete from billing_queue where id = any(%s)", (delete_ids,))
+            result.deleted = cur.rowcount
+        result.meters = len(bills)
+    return result
+
+
+async def _hold(
+    conn: AsyncConnection[Any], holds: dict[str, str], hold_ts: dict[str, int | None], now: datetime
+) -> None:
+    for meter_id, reason in holds.items():
+        logger.warning("billing held for meter %s: %s", meter_id, reason)
+    await conn.execute(
+        "update meters m set billing_hold = u.r from unnest(%s::text[], %s::text[]) u(id, r)"
+        " where m.id = u.id and m.billing_hold is null",
+        (list(holds), list(holds.values())),
+    )
+    await conn.execute(
+        "insert into meter_events (meter_id, ts, kind, detail, source)"
+        " select u.id, u.ts, u.r, %s, 'prepaid' from unnest(%s::text[], %s::timestamptz[], %s::text[]) u(id, ts, r)"
+        " on conflict do nothing",
+        (
+            Jsonb({"detected_by": "prepaid billing"}),
+            list(holds),
+            [_ts(hold_ts.get(m)) or now for m in holds],
+            list(holds.values()),
+        ),
+    )
