@@ -19,9 +19,12 @@ answers (unused ones 0.0), so bulk reads across gaps work::
     0x0000/02/04 V L1-L3      0x0006/08/0A A L1-L3     0x000C/0E/10 W L1-L3
     0x0034 total W            0x0038 total VA          0x003C total VAr      0x003E total PF
     0x0046 Hz                 0x0048 import kWh        0x004A export kWh     0x0156 total kWh
-    0x0160/62/64 import kWh L1-L3                      0x0166/68/6A export kWh L1-L3
-Holding registers (FC03) 0x0000-0x01FF: 0x000A system type (3.0 = 3P4W, 1.0 = 1P2W),
-0x0014 meter id (= unit id), 0x001C baud (2.0 = 9600); the rest 0. No relay register.
+    0x015A/5C/5E import kWh L1-L3   0x0160/62/64 export kWh L1-L3   0x0166/68/6A total kWh L1-L3
+Holding registers (FC03) 0x0000-0x01FF: 0x0000 demand time 0, 0x0002 demand period 60,
+0x0006 system voltage 230, 0x0008 system current 100, 0x000A system type (3.0 = 3P4W,
+1.0 = 1P2W), 0x000C pulse width 100, 0x0012 parity 0, 0x0014 meter id (= unit id),
+0x001C baud (2.0 = 9600); the rest 0. (0xF910 and 0xFC00, divisor and serial, are not
+served.) No relay register.
 Pure.
 """
 
@@ -153,8 +156,9 @@ def sdm630_input_registers(r: MeterReading) -> list[int]:
         put(0x0012 + 2 * p, abs(per_w) / 0.95 if live else 0.0)
         put(0x0018 + 2 * p, abs(per_w) * 0.33 if live else 0.0)
         put(0x001E + 2 * p, 0.95 if live else 0.0)
-        put(0x0160 + 2 * p, r.import_wh / 1000.0 / n if live else 0.0)
-        put(0x0166 + 2 * p, r.export_wh / 1000.0 / n if live else 0.0)
+        put(0x015A + 2 * p, r.import_wh / 1000.0 / n if live else 0.0)
+        put(0x0160 + 2 * p, r.export_wh / 1000.0 / n if live else 0.0)
+        put(0x0166 + 2 * p, (r.import_wh + r.export_wh) / 1000.0 / n if live else 0.0)
     put(0x002A, volts)
     put(0x002E, amps)
     put(0x0030, amps * n)
@@ -176,7 +180,18 @@ def sdm630_input_registers(r: MeterReading) -> list[int]:
 
 def sdm630_holding_registers(unit: int, phases: int) -> list[int]:
     regs = [0] * SDM_LEN
-    for addr, value in ((0x000A, 3.0 if phases == 3 else 1.0), (0x0014, float(unit)), (0x001C, 2.0)):
+    config = (
+        (0x0000, 0.0),
+        (0x0002, 60.0),
+        (0x0006, 230.0),
+        (0x0008, 100.0),
+        (0x000A, 3.0 if phases == 3 else 1.0),
+        (0x000C, 100.0),
+        (0x0012, 0.0),
+        (0x0014, float(unit)),
+        (0x001C, 2.0),
+    )
+    for addr, value in config:
         regs[addr], regs[addr + 1] = _f32(value)
     return regs
 
