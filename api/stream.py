@@ -49,7 +49,7 @@ class Event:
         return str(value) if value is not None else None
 
 
-@dataclass
+@dataclass(eq=False)
 class Subscription:
     queue: asyncio.Queue[Event | None] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
     overflowed: bool = False

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 
+from api.auth import OPERATORS, Principal, requires
+from api.deps import Conn
 from api.errors import ProblemRoute
 from api.health import probe_broker, probe_database
+from api.metrics import CONTENT_TYPE, collect, render
 from api.settings import ApiSettings
 
 router = APIRouter(route_class=ProblemRoute, tags=["system"])
@@ -47,3 +50,13 @@ async def health(request: Request) -> Any:
         checks={k: CheckOut(ok=c.ok, latency_ms=c.latency_ms, detail=c.detail) for k, c in checks.items()},
     )
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text format 0.0.4); admin or operator key",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+async def metrics(conn: Conn, _: Annotated[Principal, Depends(requires(*OPERATORS))]) -> PlainTextResponse:
+    return PlainTextResponse(render(await collect(conn)), media_type=CONTENT_TYPE)
