@@ -246,7 +246,7 @@ class FleetDriver:
                 continue
             self._emit(self._events_message(i, events), out)
             if any(e.kind == "relay_change" for e in events):
-                out.append(self._state_message(i, events[-1].ts))
+                self._push(self._state_message(i, events[-1].ts), out)
 
     def _events_message(self, i: int, events: list[MeterEvent]) -> Outgoing:
         mid = self.specs[i].meter_id
@@ -289,6 +289,11 @@ class FleetDriver:
         if held is not None:
             out.append(held)
             c.messages += 1
+
+    def _push(self, msg: Outgoing, out: list[Outgoing]) -> None:
+        """A message that no message fault touches (acks, state reports, command events)."""
+        out.append(msg)
+        self.counters.messages += 1
 
     def model_time(self) -> datetime:
         return self.at(self.counters.ticks)
@@ -336,7 +341,7 @@ class FleetDriver:
             if fate.ack_delay_s:
                 heapq.heappush(self.delayed, (now.timestamp() + fate.ack_delay_s, next(self.seq), ack))
             else:
-                out.append(ack)
+                self._push(ack, out)
         if cmd.action is Action.READ_NOW:
             self._send_samples(i, [self._sample_now(i, now)], out)
         events = self.model.drain_events()  # this command's relay change
@@ -344,10 +349,9 @@ class FleetDriver:
             if self.offline[i]:
                 self.pending_events.setdefault(i, []).append(e)
             else:
-                out.append(self._events_message(i, [e]))
+                self._push(self._events_message(i, [e]), out)
         if cmd.action is Action.STATUS or any(e.kind == "relay_change" for e in events):
-            out.append(self._state_message(i, now))
-        self.counters.messages += len(out)
+            self._push(self._state_message(i, now), out)
         return out
 
     def _sample_now(self, i: int, now: datetime) -> Sample:
