@@ -83,6 +83,7 @@ class MeterInfo:
     meter_id: str
     timezone: str = "UTC"
     mqtt_topic: str | None = None
+    protocol: str = "mqtt"
     register_max_wh: float = 99_999_900.0
     rated_current_a: float = 60.0
     nominal_voltage_v: float = 230.0

@@ -120,7 +120,7 @@ returning m.id, o.old_state
 
 _DIRECTORY = """
 select m.id, coalesce(sp.timezone, 'UTC'), m.mqtt_topic, m.register_max_wh::float8, m.rated_current_a::float8,
-       m.nominal_voltage_v::float8, m.phases, m.poll_interval_s
+       m.nominal_voltage_v::float8, m.phases, m.poll_interval_s, m.protocol
 from meters m left join service_points sp on sp.id = m.service_point_id
 """
 
@@ -159,6 +159,7 @@ async def load_directory(conn: psycopg.AsyncConnection[Any]) -> MeterDirectory:
                 nominal_voltage_v=r[5],
                 phases=r[6],
                 interval_s=r[7],
+                protocol=r[8],
             )
             for r in rows
         ]
