@@ -12,6 +12,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
+from prepaid.models import AreaKpis, CreditFacts, DaysLeft
+
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 Id = Annotated[str, Field(pattern=ID_PATTERN, examples=["M-0001"])]
 OBIS_PATTERN = r"^\d{1,3}-\d{1,3}:\d{1,3}\.\d{1,3}\.\d{1,3}$"
@@ -230,6 +232,20 @@ class AccountEventOut(BaseModel):
     kind: str
     at: datetime
     detail: dict[str, Any]
+
+
+class CreditOut(BaseModel):
+    account_id: str
+    balance_minor: int
+    days_of_credit_left: DaysLeft
+    facts: CreditFacts
+
+
+class KpisOut(BaseModel):
+    start: datetime
+    end: datetime
+    area: str | None
+    areas: list[AreaKpis]
 
 
 # --- top-ups -----------------------------------------------------------------------------

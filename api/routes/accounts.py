@@ -15,7 +15,9 @@ from api.auth import ACCOUNT_READERS, READERS, Principal, Role, ensure_account_v
 from api.deps import Conn, Now
 from api.engines import operation, plain
 from api.errors import ProblemRoute, Unprocessable
-from api.schemas import ID_PATTERN, AccountEventOut, AccountOut, LedgerEntryOut, NoticeOut, Page
+from api.schemas import ID_PATTERN, AccountEventOut, AccountOut, CreditOut, KpisOut, LedgerEntryOut, NoticeOut, Page
+from prepaid import operations as prepaid
+from prepaid.models import AreaKpis, CreditFacts, DaysLeft, Statement
 
 router = APIRouter(route_class=ProblemRoute, tags=["accounts"])
 AccountReaders = Annotated[Principal, Depends(requires(*ACCOUNT_READERS))]
@@ -61,7 +63,11 @@ async def ledger(account_id: str, conn: Conn, who: AccountReaders, after: After 
     return {"items": rows, "next": str(rows[-1]["id"]) if len(rows) == limit else None}
 
 
-@router.get("/accounts/{account_id}/statement", summary="Statement for [start, end) (prepaid.operations.statement)")
+@router.get(
+    "/accounts/{account_id}/statement",
+    response_model=Statement,
+    summary="Statement for [start, end): every interval charged and every ledger entry",
+)
 async def statement(
     account_id: str,
     conn: Conn,
@@ -69,7 +75,7 @@ async def statement(
     who: AccountReaders,
     start: Annotated[AwareDatetime | None, Query(description="inclusive; default end minus 30 days")] = None,
     end: Annotated[AwareDatetime | None, Query(description="exclusive; default now")] = None,
-) -> JSONResponse:
+) -> Statement:
     await _visible(conn, who, account_id)
     e = end or now
     s = start or (e - timedelta(days=30))
@@ -79,23 +85,20 @@ async def statement(
             code="validation",
             errors=[{"field": "query.start", "message": "must be before end"}],
         )
-    fn = operation("prepaid.operations", "statement")
-    return JSONResponse(plain(await fn(conn, account_id, s, e)))
+    return await prepaid.statement(conn, account_id, s, e)
 
 
-@router.get("/accounts/{account_id}/credit", summary="Days of credit left and credit facts")
-async def credit(account_id: str, conn: Conn, now: Now, who: AccountReaders) -> JSONResponse:
+@router.get("/accounts/{account_id}/credit", response_model=CreditOut, summary="Days of credit left and credit facts")
+async def credit(account_id: str, conn: Conn, now: Now, who: AccountReaders) -> Any:
     account = await _visible(conn, who, account_id)
-    days = await operation("prepaid.operations", "days_of_credit_left")(conn, account_id, now)
-    facts = await operation("prepaid.operations", "credit_facts")(conn, account_id, now)
-    return JSONResponse(
-        {
-            "account_id": account_id,
-            "balance_minor": account["balance_minor"],
-            "days_of_credit_left": plain(days),
-            "facts": plain(facts),
-        }
-    )
+    days: DaysLeft = await prepaid.days_of_credit_left(conn, account_id, now)
+    facts: CreditFacts = await prepaid.credit_facts(conn, account_id, now)
+    return {
+        "account_id": account_id,
+        "balance_minor": account["balance_minor"],
+        "days_of_credit_left": days,
+        "facts": facts,
+    }
 
 
 @router.get(
@@ -126,7 +129,7 @@ async def account_notices(
     return {"items": rows, "next": str(rows[-1]["id"]) if len(rows) == limit else None}
 
 
-@router.get("/kpis", summary="Collection KPIs per period and area (prepaid.operations.kpis)")
+@router.get("/kpis", response_model=KpisOut, summary="Collection KPIs per service area for [start, end)")
 async def kpis(
     conn: Conn,
     now: Now,
@@ -134,7 +137,7 @@ async def kpis(
     start: Annotated[AwareDatetime | None, Query(description="inclusive; default start of the current year")] = None,
     end: Annotated[AwareDatetime | None, Query(description="exclusive; default now")] = None,
     area: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-) -> JSONResponse:
+) -> Any:
     e = end or now
     s = start or e.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
     if s >= e:
@@ -143,5 +146,5 @@ async def kpis(
             code="validation",
             errors=[{"field": "query.start", "message": "must be before end"}],
         )
-    result = await operation("prepaid.operations", "kpis")(conn, start=s, end=e, area=area)
-    return JSONResponse({"start": s.isoformat(), "end": e.isoformat(), "area": area, "kpis": plain(result)})
+    result: list[AreaKpis] = await prepaid.kpis(conn, start=s, end=e, area=area)
+    return {"start": s, "end": e, "area": area, "areas": result}

@@ -16,11 +16,13 @@ from fastapi.responses import JSONResponse
 from api import store
 from api.auth import ADMINS, INTEGRATORS, READERS, Principal, requires
 from api.deps import Conn, Now
-from api.engines import operation, plain
+from api.engines import plain
 from api.errors import ProblemRoute
 from api.idempotency import KEY_PATTERN, run_once
 from api.schemas import TariffOut, TariffVersionIn, TopupIn, TopupReversalIn
 from api.settings import ApiSettings
+from prepaid import operations as prepaid
+from prepaid.models import ReversalResult, TopupResult
 
 router = APIRouter(route_class=ProblemRoute)
 Integrators = Annotated[Principal, Depends(requires(*INTEGRATORS))]
@@ -46,15 +48,15 @@ def _ttl(request: Request) -> int:
     tags=["top-ups"],
     status_code=201,
     summary="Credit an account (payment integrators). 201 new, 200 when (channel, reference) was seen before",
-    responses={200: {"description": "duplicate (channel, reference): the first top-up's result"}},
+    response_model=TopupResult,
+    responses={200: {"model": TopupResult, "description": "duplicate (channel, reference): the first result"}},
 )
 async def create_topup(
     body: TopupIn, request: Request, conn: Conn, now: Now, who: Integrators, idempotency_key: IdempotencyKey
 ) -> JSONResponse:
     async def run() -> tuple[int, Any]:
         await store.get_account(conn, body.account_id)
-        topup = operation("prepaid.operations", "topup")
-        result = await topup(
+        result = await prepaid.topup(
             conn,
             account_id=body.account_id,
             channel=body.channel.value,
@@ -62,9 +64,7 @@ async def create_topup(
             amount_minor=body.amount_minor,
             now=now,
         )
-        out = plain(result)
-        duplicate = bool(out.get("duplicate")) if isinstance(out, dict) else False
-        return (200 if duplicate else 201), out
+        return (200 if result.duplicate else 201), plain(result)
 
     return await run_once(
         conn,
@@ -78,13 +78,20 @@ async def create_topup(
     )
 
 
-@router.post("/topups/reversals", tags=["top-ups"], status_code=201, summary="Reverse a top-up by its reference")
+@router.post(
+    "/topups/reversals",
+    tags=["top-ups"],
+    status_code=201,
+    response_model=ReversalResult,
+    summary="Reverse a top-up by its (channel, reference)",
+)
 async def reverse_topup(
     body: TopupReversalIn, request: Request, conn: Conn, now: Now, who: Integrators, idempotency_key: IdempotencyKey
 ) -> JSONResponse:
     async def run() -> tuple[int, Any]:
-        reverse = operation("prepaid.operations", "reverse_topup")
-        result = await reverse(conn, channel=body.channel.value, reference=body.reference, reason=body.reason, now=now)
+        result = await prepaid.reverse_topup(
+            conn, channel=body.channel.value, reference=body.reference, reason=body.reason, now=now
+        )
         return 201, plain(result)
 
     return await run_once(
@@ -118,8 +125,7 @@ async def get_tariff(tariff_id: str, conn: Conn, _: Readers) -> Any:
 )
 async def add_tariff_version(tariff_id: str, body: TariffVersionIn, conn: Conn, now: Now, who: Admins) -> Any:
     await store.get_tariff(conn, tariff_id)
-    add = operation("prepaid.operations", "add_tariff_version")
-    await add(
+    await prepaid.add_tariff_version(
         conn,
         tariff_id=tariff_id,
         effective_from=body.effective_from,

@@ -6,14 +6,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import JSONResponse
 
 from api import store
 from api.auth import OPERATORS, READERS, Principal, requires
 from api.deps import Conn, Now
-from api.engines import operation, plain
 from api.errors import ProblemRoute, Unprocessable
 from api.schemas import ID_PATTERN, HoldResolveIn, MeterIn, MeterOut, Page, ServicePointIn, ServicePointOut
+from prepaid import operations as prepaid
+from prepaid.models import HoldResolution
 
 router = APIRouter(route_class=ProblemRoute, tags=["network"])
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
@@ -93,14 +93,12 @@ async def get_meter(meter_id: str, conn: Conn, _: Readers) -> Any:
 
 @router.post(
     "/meters/{meter_id}/billing-hold/resolve",
+    response_model=HoldResolution,
     summary="Clear a meter's billing hold (after a reset or spike); billing resumes from the next reading",
 )
 async def resolve_billing_hold(
     meter_id: str, conn: Conn, now: Now, who: Operators, body: HoldResolveIn | None = None
-) -> JSONResponse:
-    meter = await store.get_meter(conn, meter_id)
-    resolve = operation("prepaid.operations", "resolve_billing_hold")
-    result = await resolve(conn, meter_id, who.actor, now)
-    return JSONResponse(
-        {"meter_id": meter_id, "previous_hold": meter["billing_hold"], "result": plain(result)}, status_code=200
-    )
+) -> HoldResolution:
+    await store.get_meter(conn, meter_id)
+    actor = who.actor + (f" ({body.note})" if body is not None and body.note else "")
+    return await prepaid.resolve_billing_hold(conn, meter_id, actor, now)
