@@ -15,8 +15,9 @@ Credit state machine (transition table; an unknown transition raises)::
     any        --balance>=restore_min---> normal      (credit_restored if not normal)
     emergency  --balance>0--------------> normal
 
-Low-credit warnings: each threshold (default 3000 and 1000 fen) fires once when the
-balance falls below it and re-arms only when the balance is back at or above
+Low-credit warnings: each threshold (default 3000 and 1000 fen) fires once when a
+debit takes the balance below it (a top-up that leaves the balance below a threshold
+does not warn, it marks the threshold as told) and re-arms only when the balance is back at or above
 threshold + hysteresis (default 500). A drop past several thresholds at once gives
 one warning (the lowest). A second warning fires when the predicted days of credit
 left fall below ``days_left_warning`` (re-armed one day above).
@@ -184,14 +185,18 @@ def _state_events(
     return st, [e for e in events if e]
 
 
-def _warnings(state: CreditState, balance: int, policy: CreditPolicy) -> tuple[CreditState, list[Warning_]]:
+def _warnings(
+    state: CreditState, balance: int, policy: CreditPolicy, rising: bool
+) -> tuple[CreditState, list[Warning_]]:
+    """A falling balance may warn; a rising one (a top-up) only re-arms, and thresholds it
+    stays below count as already told (the customer just saw the balance)."""
     warnings: list[Warning_] = []
     hyst = policy.low_credit_hysteresis_minor
     fired = {t for t in state.low_fired if balance < t + hyst}
     crossed = [t for t in policy.low_credit_thresholds_minor if balance < t and t not in fired]
-    if crossed:
+    if crossed and not rising:
         warnings.append(Warning_("threshold", threshold_minor=min(crossed)))
-        fired |= {t for t in policy.low_credit_thresholds_minor if balance < t}
+    fired |= set(crossed)
     days_warned = state.days_warned
     left = days_left(available_minor(balance, policy), state.daily_use_minor)
     if left is not None:
@@ -199,7 +204,8 @@ def _warnings(state: CreditState, balance: int, policy: CreditPolicy) -> tuple[C
             days_warned = False
         elif not days_warned and left < policy.days_left_warning:
             days_warned = True
-            warnings.append(Warning_("days_left", days_left=left))
+            if not rising:
+                warnings.append(Warning_("days_left", days_left=left))
     return replace(state, low_fired=frozenset(fired), days_warned=days_warned), warnings
 
 
@@ -214,7 +220,7 @@ def on_balance(
     """The credit state, events and warnings after a balance change (or a tick when equal)."""
     rising = balance_after > balance_before
     st, events = _state_events(state.state, balance_after, policy, friendly, rising)
-    new, warnings = _warnings(replace(state, state=st), balance_after, policy)
+    new, warnings = _warnings(replace(state, state=st), balance_after, policy, rising)
     if warnings:
         events.append("low_credit")
     return CreditOutcome(new, events, warnings)

@@ -130,3 +130,8 @@ def test_pure_core_imports_no_io(module: str) -> None:
         elif isinstance(node, ast.Attribute) and node.attr == "now":
             pytest.fail(f"{module} calls .now()")
     assert not names & {"asyncio", "psycopg", "psycopg_pool", "paho", "pymodbus", "fastapi", "httpx"}
+
+
+def test_topup_below_a_threshold_does_not_warn_but_the_next_lower_one_does() -> None:
+    _, events = run([-1000, 2500, 2400, 900])
+    assert events.count("low_credit") == 1  # only at 1000; 3000 was "told" by the top-up

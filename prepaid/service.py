@@ -1,0 +1,134 @@
+"""The prepaid service: debit engine, daily rules and notices outbox, one async block.
+
+Tasks (one TaskGroup): ``prepaid-listen`` (LISTEN billing, wakes the engine),
+``prepaid-billing`` (bill_batch until the queue is drained, then wait for a NOTIFY
+or the poll interval), ``prepaid-daily`` (daily.daily_tick every
+``prepaid_daily_every_s``) and ``prepaid-notices`` (notices.deliver_due).
+Cancellation (SIGTERM) interrupts between transactions or rolls the current one
+back; nothing is half-posted. Several processes may run side by side: claims use
+SKIP LOCKED and per-meter row locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from headend.backoff import delays
+from headend.clock import Clock, clock_from_env
+from prepaid.daily import daily_tick
+from prepaid.engine import BatchResult, VersionCache, bill_batch
+from prepaid.notices import LogSender, Sender, WebhookSender, deliver_due
+from prepaid.settings import PrepaidSettings
+
+logger = logging.getLogger(__name__)
+
+
+async def listen_billing(url: str, wake: asyncio.Event) -> None:
+    """Set ``wake`` on every NOTIFY billing; reconnect with backoff."""
+    backoff = delays(0.5, 30.0)
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                await conn.execute("listen billing")
+                backoff = delays(0.5, 30.0)
+                wake.set()  # anything queued while we were not listening
+                while True:
+                    async for _ in conn.notifies(timeout=30.0):
+                        wake.set()
+        except psycopg.OperationalError as exc:
+            logger.warning("billing listener lost its connection: %s", exc)
+            await asyncio.sleep(next(backoff))
+
+
+async def run_billing(
+    pool: AsyncConnectionPool[Any],
+    settings: PrepaidSettings,
+    clock: Clock,
+    wake: asyncio.Event,
+    on_batch: Callable[[BatchResult], None] | None = None,
+) -> None:
+    versions = VersionCache()
+    backoff = delays(0.2, 10.0)
+    while True:
+        wake.clear()
+        try:
+            async with pool.connection() as conn:
+                result = await bill_batch(
+                    conn,
+                    now=clock.now(),
+                    limit=settings.prepaid_batch_size,
+                    versions=versions,
+                    interval_s=settings.prepaid_interval_s,
+                )
+        except psycopg.Error as exc:
+            logger.warning("billing batch failed, retrying: %s", exc)
+            await asyncio.sleep(next(backoff))
+            continue
+        backoff = delays(0.2, 10.0)
+        if on_batch is not None:
+            on_batch(result)
+        if result.claimed_ids:
+            logger.debug("billed %s rows, %s intervals", len(result.claimed_ids), result.intervals)
+        if len(result.claimed_ids) < settings.prepaid_batch_size:
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=settings.prepaid_poll_s)
+            except TimeoutError:
+                pass
+
+
+async def run_daily(pool: AsyncConnectionPool[Any], settings: PrepaidSettings, clock: Clock) -> None:
+    versions = VersionCache()
+    while True:
+        try:
+            async with pool.connection() as conn:
+                out = await daily_tick(conn, clock.now(), versions)
+            if out.standing_posted or out.plans_missed:
+                logger.info("daily rules: %s", out)
+        except psycopg.Error as exc:
+            logger.warning("daily rules failed: %s", exc)
+        await asyncio.sleep(settings.prepaid_daily_every_s)
+
+
+async def run_notices(pool: AsyncConnectionPool[Any], settings: PrepaidSettings, clock: Clock, sender: Sender) -> None:
+    while True:
+        try:
+            async with pool.connection() as conn:
+                n = await deliver_due(conn, sender, clock.now(), max_attempts=settings.prepaid_notice_max_attempts)
+        except psycopg.Error as exc:
+            logger.warning("notices worker failed: %s", exc)
+            n = 0
+        if n == 0:
+            await asyncio.sleep(settings.prepaid_notices_every_s)
+
+
+async def serve(settings: PrepaidSettings | None = None, clock: Clock | None = None) -> None:
+    settings = settings or PrepaidSettings()
+    clock = clock or clock_from_env()
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        settings.database_url, min_size=1, max_size=settings.prepaid_pool_size, open=False
+    )
+    await pool.open()
+    timeout = httpx.Timeout(settings.prepaid_webhook_timeout_s)
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            sender: Sender = LogSender()
+            if settings.prepaid_notice_sender == "webhook":
+                if not settings.prepaid_webhook_url:
+                    raise ValueError("HEADEND_PREPAID_WEBHOOK_URL is required for the webhook sender")
+                sender = WebhookSender(http, settings.prepaid_webhook_url)
+            wake = asyncio.Event()
+            logger.info("prepaid engine started (batch %s)", settings.prepaid_batch_size)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(listen_billing(settings.database_url, wake), name="prepaid-listen")
+                tg.create_task(run_billing(pool, settings, clock, wake), name="prepaid-billing")
+                tg.create_task(run_daily(pool, settings, clock), name="prepaid-daily")
+                tg.create_task(run_notices(pool, settings, clock, sender), name="prepaid-notices")
+    finally:
+        await pool.close()
