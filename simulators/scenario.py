@@ -53,7 +53,8 @@ class MqttEndpoint(_Strict):
 
 
 class ModbusEndpoint(_Strict):
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # where the servers listen
+    advertise_host: str | None = None  # the host registered for pollers (default: host)
     port: int = Field(5020, ge=0, le=65535)  # first port; 0 = any free port (tests)
     units_per_port: int = Field(200, ge=1, le=247)
 
