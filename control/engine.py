@@ -651,6 +651,7 @@ class Engine:
         transport: Transport | None,
         ack: Ack | None,
         error: str | None,
+        read_back: str | None = None,
     ) -> None:
         """After the ack (or its absence): read back, then confirm / fail / retry / UNKNOWN."""
         if command.action in ("read_now", "status"):
@@ -663,8 +664,8 @@ class Engine:
         if ack is not None and ack.status == "rejected":
             await self._rejected(conn, command, ack)
             return
-        relay: str | None = None
-        if transport is not None:
+        relay = read_back
+        if relay is None and transport is not None:
             try:
                 relay = await transport.read_relay(meter, self.settings.readback_timeout_s)
             except DispatchError as exc:
@@ -811,7 +812,7 @@ class Engine:
             except DispatchError as exc:
                 logger.info("read-back of %s failed: %s", command.meter_id, exc)
         if relay in TARGET_RELAY.get(command.action, ()):
-            await self._settle(conn, command, meter, transport, Ack("ok", relay), None)
+            await self._settle(conn, command, meter, transport, Ack("ok", relay), None, read_back=relay)
             return
         if command.expires_at is not None and command.expires_at <= now:
             async with conn.transaction():
