@@ -121,10 +121,10 @@ async def test_restart_in_each_open_state_ends_settled(
             assert states[ids[0]] == "confirmed"
             assert states[ids[1]] == "confirmed"  # retried after read-back disagreed, then confirmed
             assert states[ids[2]] == "expired"
-            assert [m.relay for m in meters[:2]] == ["connected", "connected"]
+            assert [fm.relay for fm in meters[:2]] == ["connected", "connected"]
     finally:
-        for m in meters:
-            m.stop()
+        for fm in meters:
+            fm.stop()
 
 
 async def test_two_control_processes_never_send_the_same_command_twice(
@@ -237,7 +237,7 @@ async def test_modbus_dispatch_writes_conn_and_reads_back(db_url: str, fc16: boo
             ]
     finally:
         modbus.close()
-        await server.shutdown()  # type: ignore[no-untyped-call]
+        await server.shutdown()
 
 
 async def test_modbus_disconnect_confirmed_by_read_back(db_url: str) -> None:
@@ -256,7 +256,7 @@ async def test_modbus_disconnect_confirmed_by_read_back(db_url: str) -> None:
         assert (await modbus.send(meter, Outgoing("d", "load_limit", T0, None), 3)).status == "rejected"
     finally:
         modbus.close()
-        await server.shutdown()  # type: ignore[no-untyped-call]
+        await server.shutdown()
 
 
 async def test_audit_tampering_is_detected(db_url: str) -> None:
