@@ -188,8 +188,8 @@ def _state_events(
 def _warnings(
     state: CreditState, balance: int, policy: CreditPolicy, rising: bool
 ) -> tuple[CreditState, list[Warning_]]:
-    """A falling balance may warn; a rising one (a top-up) only re-arms, and thresholds it
-    stays below count as already told (the customer just saw the balance)."""
+    """A falling balance may warn; a rising or unchanged one (a top-up, a tick) only
+    re-arms, and thresholds it stays below count as already told."""
     warnings: list[Warning_] = []
     hyst = policy.low_credit_hysteresis_minor
     fired = {t for t in state.low_fired if balance < t + hyst}
@@ -220,7 +220,7 @@ def on_balance(
     """The credit state, events and warnings after a balance change (or a tick when equal)."""
     rising = balance_after > balance_before
     st, events = _state_events(state.state, balance_after, policy, friendly, rising)
-    new, warnings = _warnings(replace(state, state=st), balance_after, policy, rising)
+    new, warnings = _warnings(replace(state, state=st), balance_after, policy, balance_after >= balance_before)
     if warnings:
         events.append("low_credit")
     return CreditOutcome(new, events, warnings)
