@@ -34,7 +34,7 @@ from simulators.faults import Faults
 from simulators.fleet import FleetModel
 from simulators.formats import Sample, Topics
 from simulators.meter import AckStatus, Action, RelayState
-from simulators.models import Command, MeterEvent, Protocol, Reporting, WireFormat
+from simulators.models import Command, MeterEvent, MeterSpec, Protocol, Reporting, WireFormat
 
 BLOCK_CHUNK = 96  # at most one day of 15-min readings per backlog message
 
@@ -62,6 +62,17 @@ class Counters:
     acks_missing: int = 0
     backlog_sent: int = 0
     faults: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+_SINGLE, _CONCENTRATOR, _BLOCK, _TASMOTA, _SHELLY, _MODBUS = range(6)
+
+
+def _kind(spec: MeterSpec) -> int:
+    if spec.wire is WireFormat.NATIVE:
+        return {Reporting.SINGLE: _SINGLE, Reporting.CONCENTRATOR: _CONCENTRATOR, Reporting.BLOCK: _BLOCK}[
+            spec.reporting
+        ]
+    return {WireFormat.TASMOTA: _TASMOTA, WireFormat.SHELLY: _SHELLY}.get(spec.wire, _MODBUS)
 
 
 def _opposite(relay: RelayState) -> RelayState:
@@ -100,10 +111,19 @@ class FleetDriver:
                 raise ValueError(f"{s.meter_id}: interval_s {s.interval_s} is not a multiple of step_s {step_s}")
             by_interval[s.interval_s].append(i)
         self.by_interval = {iv: np.array(ix, dtype=np.intp) for iv, ix in sorted(by_interval.items())}
-        self.concentrators: dict[str, list[int]] = defaultdict(list)
+        # How each meter reports (codes below), and its concentrator's number (-1: none).
+        self.kind = np.array([_kind(s) for s in self.specs], dtype=np.int8)
+        self.conc_names: list[str] = []
+        conc_no: dict[str, int] = {}
+        conc_of = np.full(n, -1, dtype=np.int32)
         for i, s in enumerate(self.specs):
-            if s.wire is WireFormat.NATIVE and s.reporting is Reporting.CONCENTRATOR:
-                self.concentrators[s.concentrator or "DC-1"].append(i)
+            if self.kind[i] == _CONCENTRATOR:
+                name = s.concentrator or "DC-1"
+                if name not in conc_no:
+                    conc_no[name] = len(self.conc_names)
+                    self.conc_names.append(name)
+                conc_of[i] = conc_no[name]
+        self.conc_of = conc_of
         self.pending: dict[int, list[Sample]] = {}
         self.pending_events: dict[int, list[MeterEvent]] = {}
         self.offline_until = np.full(n, -np.inf)  # unix seconds of simulated time
@@ -182,41 +202,64 @@ class FleetDriver:
                 self._emit(self._events_message(i, events), out)
 
     def _sample(self, idx: np.ndarray, t: datetime, out: list[Outgoing]) -> None:
+        """Sample the meters ``idx`` at ``t`` and send what is due.
+
+        The common case (online, nothing pending, no clock skew, native single or concentrator)
+        is formatted straight from the arrays; everything else goes through ``Sample`` objects.
+        """
         m = self.model
-        idx = idx[m.powered[idx]]
+        idx = idx[m.powered[idx] & self.mqtt[idx]]
         if not idx.size:
             return
+        self.counters.samples += int(idx.size)
+        pw_a, volts_a = m.power_w[idx], m.voltage_v[idx]
+        amps_a = np.divide(np.abs(pw_a), volts_a * m.phases[idx], out=np.zeros(idx.size), where=volts_a > 0)
         imp, exp = m.import_wh[idx].tolist(), m.export_wh[idx].tolist()
-        pw, volts = m.power_w[idx].tolist(), m.voltage_v[idx].tolist()
-        phases = m.phases[idx].tolist()
-        skew = self.faults.skew_s[idx].tolist()
-        self.counters.samples += len(imp)
-        batches: dict[str, list[tuple[str, list[Sample]]]] = defaultdict(list)
+        pw, volts, amps = pw_a.tolist(), volts_a.tolist(), amps_a.tolist()
+        skew_a = self.faults.skew_s[idx]
+        has_pending = np.zeros(m.n, dtype=bool)
+        if self.pending:
+            has_pending[list(self.pending)] = True
+        fast = (~self.offline[idx] & ~has_pending[idx] & (skew_a == 0)).tolist()
+        skew = skew_a.tolist()
+        kinds = self.kind[idx].tolist()
+        conc = self.conc_of[idx].tolist()
+        ids = m.ids
+        ts = formats.iso(t)
+        qos = self.readings_qos
+        batches: dict[int, list[str]] = defaultdict(list)
         for j, i in enumerate(idx.tolist()):
-            ts = t + timedelta(seconds=skew[j]) if skew[j] else t
-            amps = abs(pw[j]) / (volts[j] * phases[j]) if volts[j] > 0 else 0.0
-            s = Sample(ts, imp[j], exp[j], pw[j], volts[j], amps)
-            if not self.mqtt[i]:
+            kind = kinds[j]
+            if fast[j] and kind <= _CONCENTRATOR:
+                values = (
+                    f'{{"1-0:1.8.0":{imp[j]:.1f},"1-0:2.8.0":{exp[j]:.1f},"1-0:16.7.0":{pw[j]:.1f},'
+                    f'"1-0:32.7.0":{volts[j]:.1f},"1-0:31.7.0":{amps[j]:.2f}}}'
+                )
+                if kind == _CONCENTRATOR:
+                    batches[conc[j]].append(f'{{"meter":"{ids[i]}","readings":[{{"ts":"{ts}","values":{values}}}]}}')
+                else:
+                    payload = f'{{"v":1,"meter":"{ids[i]}","ts":"{ts}","values":{values}}}'.encode()
+                    self._emit(Outgoing(self.topics.meter(ids[i], "readings"), payload, qos, i), out)
                 continue
+            sample_ts = t + timedelta(seconds=skew[j]) if skew[j] else t
             pending = self.pending.get(i)
             if pending is None:
                 pending = self.pending[i] = []
-            pending.append(s)
+            pending.append(Sample(sample_ts, imp[j], exp[j], pw[j], volts[j], amps[j]))
             if self.offline[i]:
                 if len(pending) > self.max_backlog:
                     del pending[0]
                 continue
-            spec = self.specs[i]
-            if spec.wire is WireFormat.NATIVE and spec.reporting is Reporting.CONCENTRATOR:
-                batches[spec.concentrator or "DC-1"].append((spec.meter_id, pending))
-                del self.pending[i]
-            elif spec.wire is WireFormat.NATIVE and spec.reporting is Reporting.BLOCK:
-                if len(pending) >= spec.block_intervals:
+            if kind == _CONCENTRATOR:
+                batches[conc[j]].append(formats.batch_part(ids[i], self.pending.pop(i)))
+            elif kind == _BLOCK:
+                if len(pending) >= self.specs[i].block_intervals:
                     self._send_samples(i, self.pending.pop(i), out)
             else:
                 self._send_samples(i, self.pending.pop(i), out)
-        for dc, meters in batches.items():
-            self._emit(Outgoing(self.topics.concentrator(dc), formats.native_batch(dc, meters), self.readings_qos), out)
+        for dc_no, parts in batches.items():
+            dc = self.conc_names[dc_no]
+            self._emit(Outgoing(self.topics.concentrator(dc), formats.native_batch_parts(dc, parts), qos), out)
 
     def _send_samples(self, i: int, samples: list[Sample], out: list[Outgoing]) -> None:
         spec = self.specs[i]

@@ -143,10 +143,13 @@ class Faults:
         n = len(meter_ids)
         self.n = n
         self.ids = list(meter_ids)
-        per_meter = [plan.rates_for(m) for m in meter_ids]
-        self._rates = {
-            f.name: np.array([getattr(r, f.name) for r in per_meter], dtype=np.float64) for f in fields(FaultRates)
-        }
+        # Fleet rates everywhere, then the few per-meter overrides.
+        self._rates = {f.name: np.full(n, getattr(plan.fleet, f.name), dtype=np.float64) for f in fields(FaultRates)}
+        where = {m: i for i, m in enumerate(meter_ids)} if plan.meters else {}
+        for meter_id, rates in plan.meters.items():
+            if meter_id in where:
+                for f in fields(FaultRates):
+                    self._rates[f.name][where[meter_id]] = getattr(rates, f.name)
         self.any_message_fault = plan.fleet.any_message_fault or any(r.any_message_fault for r in plan.meters.values())
         skewed = self.rng.random(n) < self._rates["clock_skew"]
         self.skew_s = np.where(skewed, np.rint(self.rng.uniform(-1, 1, n) * self._rates["clock_skew_max_s"]), 0.0)

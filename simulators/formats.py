@@ -71,9 +71,17 @@ def native_readings(meter_id: str, samples: Sequence[Sample]) -> bytes:
     return native_single(meter_id, samples[0]) if len(samples) == 1 else native_block(meter_id, samples)
 
 
+def batch_part(meter_id: str, samples: Sequence[Sample]) -> str:
+    """One meter's entry of a concentrator batch."""
+    return f'{{"meter":"{meter_id}","readings":[{",".join(map(_reading, samples))}]}}'
+
+
+def native_batch_parts(concentrator_id: str, parts: Sequence[str]) -> bytes:
+    return f'{{"v":1,"concentrator":"{concentrator_id}","meters":[{",".join(parts)}]}}'.encode()
+
+
 def native_batch(concentrator_id: str, meters: Sequence[tuple[str, Sequence[Sample]]]) -> bytes:
-    parts = ",".join(f'{{"meter":"{m}","readings":[{",".join(map(_reading, ss))}]}}' for m, ss in meters)
-    return f'{{"v":1,"concentrator":"{concentrator_id}","meters":[{parts}]}}'.encode()
+    return native_batch_parts(concentrator_id, [batch_part(m, ss) for m, ss in meters])
 
 
 def native_events(meter_id: str, events: Sequence[MeterEvent], skew_s: float = 0.0) -> bytes:
