@@ -94,6 +94,16 @@ def walk_models(block: Sequence[int], base: int = BASE) -> dict[int, ModelLocati
     return found
 
 
+def model_header(address: int, model_id: int, length: int) -> ModelLocation | None:
+    """The model whose ID/L header was read at ``address``; None at the end marker."""
+    if model_id == END:
+        return None
+    expected = MODEL_LENGTHS.get(model_id)
+    if expected is not None and length != expected:
+        raise RegisterMapError(f"model {model_id} at {address} has length {length}, expected {expected}")
+    return ModelLocation(model_id, address, length)
+
+
 def chain_complete(block: Sequence[int]) -> bool:
     """True when the walk over ``block`` reached the end marker."""
     i = 2

@@ -17,26 +17,24 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
-from headend.backoff import delays
 from ingest.decode import subscriptions
 from ingest.dispatch import Prefixes, decode_message
+from ingest.modbus import ModbusPoller
 from ingest.models import Item
 from ingest.mqtt import MqttCollector, MqttOptions
 from ingest.settings import IngestSettings
-from ingest.store import BatchWriter, WriteResult
+from ingest.store import TRANSIENT, BatchWriter, WriteResult, utc_now, write_resilient
 from ingest.validation import Finding
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
-_TRANSIENT = (psycopg.OperationalError, PoolTimeout)
 
 _STALE = """
 with lost as (
@@ -52,10 +50,6 @@ returning meter_id
 """
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 def read_now_command(finding: Finding, now: datetime) -> dict[str, Any]:
     """The ``read_now`` command that asks a meter to publish a gap's readings again."""
     return {
@@ -67,42 +61,6 @@ def read_now_command(finding: Finding, now: datetime) -> dict[str, Any]:
         "from": finding.detail["from"],
         "to": finding.detail["to"],
     }
-
-
-async def write_resilient(writer: BatchWriter, items: Sequence[Item], clock: Clock) -> WriteResult:
-    """Write a batch; retry transient database errors with backoff (forever: nothing is acked meanwhile).
-
-    A batch the database rejects for another reason is written item by item; an item
-    that still fails is quarantined with reason ``store_error``.
-    """
-    waits = delays(0.2, 10.0)
-    while True:
-        try:
-            return await writer.write(items, clock())
-        except _TRANSIENT as exc:
-            wait = next(waits)
-            logger.warning("database unavailable (%s); retrying the batch in %.1fs", exc, wait)
-            await asyncio.sleep(wait)
-        except psycopg.Error as exc:
-            if len(items) == 1:
-                item = items[0]
-                logger.error("item from %s rejected by the database: %s", item.topic, exc)
-                bad = Item(
-                    item.source, item.topic, item.payload, reason=f"store_error: {exc}"[:500], meter_id=item.meter_id
-                )
-                return await writer.write([bad], clock())
-            logger.error("batch rejected by the database (%s); writing item by item", exc)
-            total = WriteResult()
-            for item in items:
-                one = await write_resilient(writer, [item], clock)
-                total.readings_new += one.readings_new
-                total.readings_offered += one.readings_offered
-                total.billing_rows += one.billing_rows
-                total.events_new += one.events_new
-                total.quarantined += one.quarantined
-                total.findings += one.findings
-                total.restored += one.restored
-            return total
 
 
 class MqttIngest:
@@ -198,7 +156,7 @@ async def _every(seconds: float, fn: Callable[[], Any]) -> None:
         await asyncio.sleep(seconds)
         try:
             await fn()
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             logger.warning("periodic task skipped: %s", exc)
 
 
@@ -277,6 +235,31 @@ async def serve_mqtt(settings: IngestSettings | None = None) -> None:
 
 async def serve_modbus(settings: IngestSettings | None = None) -> None:
     """The Modbus TCP poller service (``headend run ingest-modbus``)."""
-    from ingest.modbus import serve_modbus as _serve
+    settings = settings or IngestSettings()
+    pool = make_pool(settings)
+    await pool.open(wait=True, timeout=30)
+    try:
+        writer = make_writer(pool, settings)
+        await writer.refresh_directory(force=True)
+        poller = ModbusPoller(
+            pool,
+            writer,
+            concurrency=settings.modbus_concurrency,
+            timeout_s=settings.modbus_timeout_s,
+            backoff_cap_s=settings.modbus_backoff_cap_s,
+            read_relay=settings.modbus_read_relay,
+            reload_s=settings.modbus_reload_s,
+        )
+        await poller.load()
+        logger.info("polling %d Modbus meter(s)", len(poller.states))
 
-    await _serve(settings or IngestSettings())
+        async def health() -> None:
+            while True:
+                await asyncio.sleep(settings.ingest_health_interval_s)
+                logger.info("ingest-modbus health: %s", poller.health.line())
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(poller.run(), name="ingest-modbus-poller")
+            tg.create_task(health(), name="ingest-modbus-health")
+    finally:
+        await pool.close()

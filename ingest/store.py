@@ -22,18 +22,20 @@ The caller acknowledges the batch's messages only after :meth:`BatchWriter.write
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ingest.models import IMPORT_WH, Event, Item, MeterDirectory, MeterInfo, Reading
+from headend.backoff import delays
+from ingest.models import Event, Item, MeterDirectory, MeterInfo, Reading
 from ingest.validation import Finding, Pair, assess_all, split_future, split_future_events
 
 logger = logging.getLogger(__name__)
@@ -320,4 +322,44 @@ def new_reading_rows(items: Sequence[Item]) -> int:
     return sum(len(i.decoded.readings) for i in items if i.decoded is not None)
 
 
-__all__ = ["IMPORT_WH", "BatchWriter", "WriteResult", "load_directory", "new_reading_rows"]
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+TRANSIENT = (psycopg.OperationalError, PoolTimeout)
+
+
+async def write_resilient(writer: BatchWriter, items: Sequence[Item], clock: Callable[[], datetime]) -> WriteResult:
+    """Write a batch; retry transient database errors with backoff (forever: nothing is acked meanwhile).
+
+    A batch the database rejects for another reason is written item by item; an item
+    that still fails is quarantined with reason ``store_error``.
+    """
+    waits = delays(0.2, 10.0)
+    while True:
+        try:
+            return await writer.write(items, clock())
+        except TRANSIENT as exc:
+            wait = next(waits)
+            logger.warning("database unavailable (%s); retrying the batch in %.1fs", exc, wait)
+            await asyncio.sleep(wait)
+        except psycopg.Error as exc:
+            if len(items) == 1:
+                item = items[0]
+                logger.error("item from %s rejected by the database: %s", item.topic, exc)
+                bad = Item(
+                    item.source, item.topic, item.payload, reason=f"store_error: {exc}"[:500], meter_id=item.meter_id
+                )
+                return await writer.write([bad], clock())
+            logger.error("batch rejected by the database (%s); writing item by item", exc)
+            total = WriteResult()
+            for item in items:
+                one = await write_resilient(writer, [item], clock)
+                total.readings_new += one.readings_new
+                total.readings_offered += one.readings_offered
+                total.billing_rows += one.billing_rows
+                total.events_new += one.events_new
+                total.quarantined += one.quarantined
+                total.findings += one.findings
+                total.restored += one.restored
+            return total
