@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 
@@ -30,12 +31,12 @@ def start_engine(db_url: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "headend", "run", "prepaid"], env=env)
 
 
-def queued(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+def queued(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
     row = conn.execute("select count(*) from billing_queue").fetchone()
     return int(row[0]) if row else 0
 
 
-def in_flight(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+def in_flight(conn: psycopg.Connection[tuple[Any, ...]]) -> bool:
     row = conn.execute(
         "select count(*) from pg_stat_activity where application_name = %s"
         " and state in ('active', 'idle in transaction') and xact_start is not null",
@@ -86,12 +87,15 @@ def test_sigkill_mid_batch_neither_loses_nor_duplicates(db_url: str) -> None:
             "select meter_id, count(*), count(distinct interval_start), sum(energy_wh) from interval_charges"
             " group by meter_id"
         ).fetchall()
-        sums = dict(watch.execute("select account_id, sum(amount_minor) from ledger_entries group by 1").fetchall())
+        sums: dict[str, int] = {
+            r[0]: int(r[1])
+            for r in watch.execute("select account_id, sum(amount_minor) from ledger_entries group by 1").fetchall()
+        }
 
     print(f"kills inside a transaction: {kills_mid_txn}")
     assert kills_mid_txn >= 1, "no kill landed inside a transaction; the test proved nothing"
     intervals = READINGS - 1
     assert all(bal == 100_000 - 5 * intervals for _, bal in balances), balances
-    assert {a: int(s) for a, s in sums.items()} == {a: bal for a, bal in balances}
+    assert sums == {a: bal for a, bal in balances}
     assert len(per_meter) == METERS
     assert all(r[1] == r[2] == intervals and r[3] == 100 * intervals for r in per_meter), per_meter

@@ -74,12 +74,12 @@ async def test_notices_are_sent_retried_and_delivery_recorded(db_url: str) -> No
 
     async with (
         httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http,
-        await psycopg.AsyncConnection.connect(db_url) as conn,
+        await psycopg.AsyncConnection.connect(db_url) as aconn,
     ):
         sender = WebhookSender(http, "http://receiver.invalid/notices")
-        assert await deliver_due(conn, sender, now) == 2  # both fail (503)
-        assert await deliver_due(conn, sender, now) == 0  # not due yet: backoff
-        assert await deliver_due(conn, sender, now + timedelta(minutes=5)) == 2
+        assert await deliver_due(aconn, sender, now) == 2  # both fail (503)
+        assert await deliver_due(aconn, sender, now) == 0  # not due yet: backoff
+        assert await deliver_due(aconn, sender, now + timedelta(minutes=5)) == 2
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
             "select status, attempts, sent_at, delivered_at, channel from notices order by id"
@@ -89,8 +89,8 @@ async def test_notices_are_sent_retried_and_delivery_recorded(db_url: str) -> No
 
     with psycopg.connect(db_url) as conn:
         conn.execute("insert into notices (account_id, kind, dedupe_key) values ('A1', 'reconnected', 'k3')")
-    async with await psycopg.AsyncConnection.connect(db_url) as conn:
-        assert await deliver_due(conn, LogSender(), datetime.now(UTC)) == 1
+    async with await psycopg.AsyncConnection.connect(db_url) as aconn:
+        assert await deliver_due(aconn, LogSender(), datetime.now(UTC)) == 1
 
 
 def test_ledger_verify_cli_fails_on_a_tampered_balance(db_url: str) -> None:
