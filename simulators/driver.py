@@ -45,6 +45,7 @@ class Outgoing:
     payload: bytes
     qos: int = 0
     meter: int | None = None  # index of the meter it belongs to (None: a concentrator's batch)
+    kind: str = "readings"  # readings | events | state | ack
 
 
 @dataclass
@@ -294,14 +295,14 @@ class FleetDriver:
     def _events_message(self, i: int, events: list[MeterEvent]) -> Outgoing:
         mid = self.specs[i].meter_id
         payload = formats.native_events(mid, events, float(self.faults.skew_s[i]))
-        return Outgoing(self.topics.meter(mid, "events"), payload, 1, i)
+        return Outgoing(self.topics.meter(mid, "events"), payload, 1, i, "events")
 
     def _state_message(self, i: int, ts: datetime) -> Outgoing:
         relay = self.model.relay_state(i)
         if self.faults.wrong_state(i):
             relay = _opposite(relay)
         payload = formats.native_state(relay, ts, bool(self.model.load_side_voltage[i]))
-        return Outgoing(self.topics.meter(self.specs[i].meter_id, "state"), payload, 1, i)
+        return Outgoing(self.topics.meter(self.specs[i].meter_id, "state"), payload, 1, i, "state")
 
     # ----------------------------------------------------------- message faults
     def _emit(self, msg: Outgoing, out: list[Outgoing]) -> None:
@@ -312,7 +313,7 @@ class FleetDriver:
             return
         if fate.garbage:
             c.garbage += 1
-            msg = Outgoing(msg.topic, self.faults.garble(msg.payload), msg.qos, msg.meter)
+            msg = Outgoing(msg.topic, self.faults.garble(msg.payload), msg.qos, msg.meter, msg.kind)
         if fate.delay_s:
             c.delayed += 1
             due = self.model_time().timestamp() + fate.delay_s
@@ -380,7 +381,7 @@ class FleetDriver:
             self.counters.acks_missing += 1
         else:
             payload = formats.native_ack(cmd.command_id, status, reported, now, reason)
-            ack = Outgoing(self.topics.meter(mid, "ack"), payload, 1, i)
+            ack = Outgoing(self.topics.meter(mid, "ack"), payload, 1, i, "ack")
             if fate.ack_delay_s:
                 heapq.heappush(self.delayed, (now.timestamp() + fate.ack_delay_s, next(self.seq), ack))
             else:

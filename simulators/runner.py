@@ -26,7 +26,7 @@ from headend.clock import Clock, clock_from_env
 from headend.settings import CommonSettings
 from simulators import formats
 from simulators.clock import TickClock, align, from_headend_clock
-from simulators.driver import Counters, FleetDriver
+from simulators.driver import Counters, FleetDriver, Outgoing
 from simulators.faults import Faults
 from simulators.fleet import FleetModel
 from simulators.formats import Topics
@@ -65,12 +65,14 @@ class Simulation:
         clock: Clock | None = None,
         settings: CommonSettings | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        on_message: Callable[[Outgoing], None] | None = None,
         progress_every_s: float = 1.0,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.scenario = scenario
         self.settings = settings or CommonSettings()
         self.on_progress = on_progress
+        self.on_message = on_message
         self.progress_every_s = progress_every_s
         self.wall = wall
         self.specs = scenario.meters()
@@ -111,6 +113,7 @@ class Simulation:
         self.tick = 0
         self.started_wall = 0.0
         self.ready = asyncio.Event()
+        self._slow_logged = False
 
     def _tick_clock(self, clock: Clock | None) -> TickClock:
         s = self.scenario
@@ -151,7 +154,13 @@ class Simulation:
 
     def press_button(self, meter_id: str) -> None:
         """The customer presses the meter's button (call from the simulation's event loop)."""
-        out = self.driver.press_button(meter_id, self.sim_now())
+        self._publish(self.driver.press_button(meter_id, self.sim_now()))
+
+    def _publish(self, out: list[Outgoing]) -> None:
+        if self.on_message is not None:
+            for m in out:
+                if m.kind != "readings":
+                    self.on_message(m)
         if self.link is not None:
             self.link.publish(out)
 
@@ -180,8 +189,8 @@ class Simulation:
                 finally:
                     if commands is not None:
                         commands.cancel()
+            self._publish(self.driver.flush())
             if self.link is not None:
-                self.link.publish(self.driver.flush())
                 await self.link.drain()
         return self.counters
 
@@ -201,9 +210,11 @@ class Simulation:
                         break
             out = self.driver.tick(self.tick)
             self.tick += 1
-            if self.link is not None:
-                self.link.publish(out)
-                await self.link.drain()
+            self._publish(out)
+            if self.link is not None and not await self.link.drain(5.0):
+                if not self._slow_logged:
+                    logger.warning("MQTT broker is not taking messages fast enough (or is gone); paho is buffering")
+                    self._slow_logged = True
             else:
                 await asyncio.sleep(0)
             now = self.wall()
@@ -225,7 +236,7 @@ class Simulation:
             if isinstance(cmd, str):
                 logger.warning("meter %s: unreadable command (%s): %r", meter_id, cmd, payload[:200])
                 continue
-            link.publish(self.driver.handle_command(cmd, self.sim_now()))
+            self._publish(self.driver.handle_command(cmd, self.sim_now()))
 
     def progress(self, done: bool = False) -> Progress:
         c = self.counters

@@ -11,6 +11,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from simulators.driver import Outgoing
 from simulators.meter import RelayState
 from simulators.runner import Progress, Simulation
 from simulators.scenario import parse_scenario
@@ -79,7 +80,8 @@ async def test_fleet_with_faults_on_mosquitto(mqtt_host: str, mqtt_port: int, mq
     listener = Listener(mqtt_host, mqtt_port, [f"{mqtt_prefix}/#", f"{mqtt_prefix}-tas/#", f"{mqtt_prefix}-shl/#"])
     assert await asyncio.to_thread(listener.subscribed.wait, 5)
     progress: list[Progress] = []
-    sim = Simulation(scenario, on_progress=progress.append, progress_every_s=0.5)
+    seen: list[Outgoing] = []
+    sim = Simulation(scenario, on_progress=progress.append, on_message=seen.append, progress_every_s=0.5)
     task = asyncio.create_task(sim.run(), name="sim")
     try:
         async with asyncio.timeout(10):
@@ -121,6 +123,10 @@ async def test_fleet_with_faults_on_mosquitto(mqtt_host: str, mqtt_port: int, mq
     # the meter that keeps going offline delivers its backlog as interval blocks
     blocks = [json.loads(p) for t, p in got if t.endswith("/N-000002/readings") and p.startswith(b'{"v":1,"meter"')]
     assert any(len(b.get("readings", [])) >= 3 for b in blocks)
+
+    # the observer (the demo's narrator) saw the acks and state reports, and no readings
+    assert {m.kind for m in seen} <= {"ack", "state", "events"}
+    assert any(m.kind == "ack" and b"cut-1" in m.payload for m in seen)
 
     # garbage is really garbage, and progress was reported to the end
     assert any(not p.startswith(b'{"') for _, p in got)
