@@ -486,6 +486,9 @@ class Engine:
     ) -> None:
         plan_id = command.plan_id
         assert plan_id is not None
+        for reason in (Reason.WEATHER_STALE, Reason.WEATHER_UNKNOWN, Reason.CHANNELS_UNKNOWN):
+            if reason in decision.reasons:
+                self.alert("%s for feeder %s: disconnects held", reason.value, site.feeder)
         if Reason.NOTICE_FAILED in decision.reasons:
             # Delivery failed on its channel(s): a new notice tries the others; the lead restarts.
             cur = await conn.execute(
