@@ -1,0 +1,382 @@
+"""Ingest benchmark: end-to-end readings/s (published -> committed) and the machine's ceilings.
+
+Runs in one command (``.venv/bin/python bench/ingest.py``), bounded (< 2 min), on a
+fresh database of its own on the real TimescaleDB and Mosquitto:
+
+1. ceiling: a bare paho subscriber's receive rate (QoS 1, v5) for the publisher used below;
+2. one-reading messages through the collector (decode, COPY, dedup, billing hand-off,
+   validation, PUBACK after commit): readings/s, p50/p99 latency, ratio to (1);
+3. ceiling: raw COPY into the readings hypertable (rows/s);
+4. batched payloads (concentrator batches of 1,000 meters) through the collector:
+   readings/s, p50/p99, ratio to (3);
+5. Modbus: polls/s over N simulated SunSpec meters (a pymodbus server in a child
+   process, the poller here), with the relay read off (one FC03 read per poll).
+
+The publisher and the Modbus server run in child processes so that they do not
+share the collector's interpreter. Prints figures; asserts nothing about time.
+Sizes: HEADEND_BENCH_SCALE (default 1.0) scales every count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import paho.mqtt.client as paho  # noqa: E402
+import psycopg  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+from paho.mqtt.packettypes import PacketTypes  # noqa: E402
+from paho.mqtt.properties import Properties  # noqa: E402
+
+from headend import db, registry  # noqa: E402
+
+HOST = os.environ.get("HEADEND_TEST_MQTT_HOST", "127.0.0.1")
+PORT = int(os.environ.get("HEADEND_TEST_MQTT_PORT", "1883"))
+BASE_URL = os.environ.get("HEADEND_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+SCALE = float(os.environ.get("HEADEND_BENCH_SCALE", "1.0"))
+METERS = 1000
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+# ----------------------------------------------------------------------------- child: publisher
+def single_payloads(n: int, offset_steps: int = 0) -> list[tuple[str, str]]:
+    out = []
+    for i in range(n):
+        meter, step = i % METERS, i // METERS + offset_steps
+        ts = (T0 + timedelta(minutes=15 * step)).isoformat()
+        out.append((f"M-{meter:05d}", f'{{"v":1,"ts":"{ts}","values":{{"1-0:1.8.0":{1000 + 100 * step}}}'))
+    return out
+
+
+def batch_payloads(messages: int, offset_steps: int) -> list[str]:
+    out = []
+    for m in range(messages):
+        step = m + offset_steps
+        ts = (T0 + timedelta(minutes=15 * step)).isoformat()
+        meters = [
+            f'{{"meter":"M-{k:05d}","readings":[{{"ts":"{ts}","values":{{"1-0:1.8.0":{1000 + 100 * step}}}}}]}}'
+            for k in range(METERS)
+        ]
+        out.append('{"v":1,"concentrator":"DC-1","meters":[' + ",".join(meters) + "]")
+    return out
+
+
+def publisher_main(prefix: str, kind: str, count: int, offset: int, part: int, parts: int) -> None:
+    if kind == "single":
+        msgs = [(f"{prefix}/v1/meters/{m}/readings", p) for m, p in single_payloads(count, offset)]
+    else:
+        msgs = [(f"{prefix}/v1/concentrators/DC-1/readings", p) for p in batch_payloads(count, offset)]
+    msgs = msgs[part::parts]
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.max_inflight_messages_set(0)  # the broker's Receive Maximum (CONNACK) is the limit
+    client.max_queued_messages_set(0)
+    client.connect(HOST, PORT)
+    client.loop_start()
+    infos = []
+    start = time.time()
+    for topic, body in msgs:
+        # the send time rides along as an extra top-level field (ignored by the decoder)
+        infos.append(client.publish(topic, body[:-1] + f',"sent":{time.time()}}}', qos=1))
+    for info in infos:
+        info.wait_for_publish(60)
+    print(json.dumps({"start": start, "end": time.time()}), flush=True)
+    client.disconnect()
+    client.loop_stop()
+
+
+PUBLISHERS = int(os.environ.get("HEADEND_BENCH_PUBLISHERS", "2"))
+
+
+class Publishers:
+    """``PUBLISHERS`` child processes, one connection each, publishing disjoint slices."""
+
+    def __init__(self, prefix: str, kind: str, count: int, offset: int = 0) -> None:
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--publish", prefix, kind, str(count), str(offset), str(k), str(PUBLISHERS)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for k in range(PUBLISHERS)
+        ]
+
+    def wait(self) -> float:
+        """The earliest publish start (wall clock) over all publishers."""
+        return min(float(json.loads(p.communicate(timeout=120)[0])["start"]) for p in self.procs)
+
+
+def publish(prefix: str, kind: str, count: int, offset: int = 0) -> Publishers:
+    return Publishers(prefix, kind, count, offset)
+
+
+# ----------------------------------------------------------------------------- child: Modbus server
+def quiet_pymodbus() -> None:
+    from pymodbus import pymodbus_apply_logging_config
+
+    pymodbus_apply_logging_config(logging.CRITICAL)
+
+
+def modbus_server_main(ports: list[int], units: int) -> None:
+    from tests.integration.ingest.modbus_sim import start_server, sunspec_block
+
+    async def main() -> None:
+        servers = [await start_server(p, {u: sunspec_block() for u in range(1, units + 1)}) for p in ports]
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        for s in servers:
+            await s.shutdown()  # type: ignore[no-untyped-call]
+
+    quiet_pymodbus()
+    asyncio.run(main())
+
+
+# ----------------------------------------------------------------------------- measurements
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def bare_subscriber_rate(prefix: str, n: int) -> float:
+    got = 0
+    first = last = 0.0
+    done = threading.Event()
+    ready = threading.Event()
+
+    def on_connect(client: paho.Client, *args: Any) -> None:
+        client.subscribe(f"{prefix}/v1/meters/+/readings", qos=1)
+
+    def on_subscribe(*args: Any) -> None:
+        ready.set()
+
+    def on_message(client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        nonlocal got, first, last
+        now = time.perf_counter()
+        if got == 0:
+            first = now
+        got += 1
+        last = now
+        if got == n:
+            done.set()
+
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.ReceiveMaximum = 65535
+    client.connect(HOST, PORT, properties=props)
+    client.loop_start()
+    ready.wait(10)
+    pub = publish(prefix, "single", n)
+    done.wait(90)
+    pub.wait()
+    client.disconnect()
+    client.loop_stop()
+    return float((n - 1) / (last - first) if got == n else got / 90)
+
+
+async def through_collector(url: str, prefix: str, kind: str, count: int, readings: int, offset: int) -> dict[str, Any]:
+    from psycopg_pool import AsyncConnectionPool
+
+    from ingest.dispatch import Prefixes
+    from ingest.mqtt import MqttCollector, MqttOptions
+    from ingest.service import MqttIngest
+    from ingest.store import BatchWriter
+
+    latencies: list[float] = []
+    committed = 0
+    done = asyncio.Event()
+
+    class Measured(MqttIngest):
+        async def commit(self, messages: Any) -> Any:
+            nonlocal committed
+            result = await super().commit(messages)
+            now = time.time()
+            for m in messages[:: max(1, len(messages) // 50)]:  # sample: parse "sent" off the hot path
+                latencies.append(now - float(m.payload[m.payload.rindex(b":") + 1 : -1]))
+            committed += len(messages)
+            if committed >= count:
+                done.set()
+            return result
+
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(url, min_size=2, max_size=4, open=False)
+    await pool.open()
+    options = MqttOptions(
+        host=HOST,
+        port=PORT,
+        client_id=f"bench-{uuid.uuid4().hex[:8]}",
+        topics=[f"{prefix}/v1/meters/+/readings", f"{prefix}/v1/concentrators/+/readings"],
+        session_expiry_s=60,
+        receive_maximum=65535,
+        queue_size=200_000,
+    )
+    collector = MqttCollector(options)
+    writer = BatchWriter(pool)
+    await writer.refresh_directory(force=True)
+    ingest = Measured(collector, writer, prefixes=Prefixes(native=prefix), batch_size=20_000, linger_s=0.02)
+    collector.start()
+    await asyncio.to_thread(collector.wait_connected, 10)
+    await asyncio.sleep(0.3)
+    task = asyncio.create_task(ingest.run())
+    pub = publish(prefix, kind, count, offset)
+    try:
+        await asyncio.wait_for(done.wait(), 100)
+    finally:
+        end = time.time()
+        start = await asyncio.to_thread(pub.wait)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        await asyncio.to_thread(collector.stop)
+        await pool.close()
+    return {
+        "readings_per_s": readings / (end - start),
+        "p50_ms": 1000 * percentile(latencies, 0.5),
+        "p99_ms": 1000 * percentile(latencies, 0.99),
+        "batches": collector.health.batches,
+    }
+
+
+def raw_copy_rate(url: str, rows: int) -> float:
+    with psycopg.connect(url) as conn:
+        t = time.perf_counter()
+        with (
+            conn.cursor() as cur,
+            cur.copy("copy readings (meter_id, obis, ts, value) from stdin (format binary)") as cp,
+        ):
+            cp.set_types(["text", "text", "timestamptz", "float8"])
+            base = T0 - timedelta(days=400)
+            for i in range(rows):
+                cp.write_row((f"M-{i % METERS:05d}", "1-0:2.8.0", base + timedelta(seconds=900 * (i // METERS)), 1.0))
+        conn.commit()
+        return rows / (time.perf_counter() - t)
+
+
+def start_modbus_server(ports: list[int], per_port: int) -> subprocess.Popen[str]:
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--modbus-server", ",".join(map(str, ports)), str(per_port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+    return server
+
+
+async def modbus_polls(url: str, meters: int, seconds: float) -> dict[str, Any]:
+    from psycopg_pool import AsyncConnectionPool
+
+    from ingest.modbus import ModbusPoller
+    from tests.integration.ingest.modbus_sim import free_port
+
+    per_port = 125
+    ports = [free_port() for _ in range((meters + per_port - 1) // per_port)]
+    with psycopg.connect(url, autocommit=True) as conn:
+        for i in range(meters):
+            registry.ensure_meter(
+                conn,
+                f"MB-{i:04d}",
+                service_point_id="SP-1",
+                protocol="modbus",
+                model="sunspec",
+                modbus_host="127.0.0.1",
+                modbus_port=ports[i // per_port],
+                modbus_unit=i % per_port + 1,
+                modbus_map="sunspec",
+                poll_interval_s=1,
+            )
+    server = start_modbus_server(ports, per_port)
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(url, min_size=2, max_size=4, open=False)
+    await pool.open()
+    from ingest.store import BatchWriter
+
+    writer = BatchWriter(pool)
+    await writer.refresh_directory(force=True)
+    poller = ModbusPoller(pool, writer, concurrency=128, timeout_s=5.0, read_relay=False, linger_s=0.1)
+    await poller.load()
+    task = asyncio.create_task(poller.run())
+    await asyncio.sleep(2.0)  # connect and discover
+    for s in poller.states.values():  # then poll as fast as the pair can go
+        s.meter = dataclasses.replace(s.meter, interval_s=0.05)
+    p0, t0 = poller.health.polls, time.perf_counter()
+    await asyncio.sleep(seconds)
+    rate = (poller.health.polls - p0) / (time.perf_counter() - t0)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    await pool.close()
+    server.communicate("stop\n", timeout=20)
+    return {"polls_per_s": rate, "failures": poller.health.failures, "meters": meters}
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    quiet_pymodbus()
+    name = f"headend_bench_{os.getpid()}"
+    url = db.create_database(BASE_URL, name, drop_first=True)
+    try:
+        db.migrate(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            registry.ensure_service_point(conn, "SP-1", feeder="F-1")
+            with conn.cursor() as cur, cur.copy("copy meters (id, service_point_id, poll_interval_s) from stdin") as cp:
+                for i in range(METERS):
+                    cp.write_row((f"M-{i:05d}", "SP-1", 900))
+        n_single = int(30_000 * SCALE)
+        n_batches = int(100 * SCALE)
+        prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        t_all = time.perf_counter()
+
+        bare = bare_subscriber_rate(prefix + "-bare", n_single)
+        single = asyncio.run(through_collector(url, prefix, "single", n_single, n_single, 0))
+        copy_rate = raw_copy_rate(url, int(200_000 * SCALE))
+        steps = n_single // METERS + 1
+        batched = asyncio.run(through_collector(url, prefix, "batch", n_batches, n_batches * METERS, steps))
+        modbus = asyncio.run(modbus_polls(url, int(500 * min(SCALE, 1.0)) or 10, 10.0 * min(SCALE, 1.0) or 2))
+
+        print(f"ingest bench ({os.cpu_count()} cores, {time.perf_counter() - t_all:.0f}s)")
+        print(f"  ceiling  bare paho subscriber receive rate : {bare:10,.0f} msg/s")
+        print(
+            f"  one-reading messages, published->committed: {single['readings_per_s']:10,.0f} readings/s"
+            f"  p50 {single['p50_ms']:.0f} ms  p99 {single['p99_ms']:.0f} ms"
+            f"  ratio to bare paho {single['readings_per_s'] / bare:.2f} (target >= 0.8)"
+        )
+        print(f"  ceiling  raw COPY into readings hypertable : {copy_rate:10,.0f} rows/s")
+        print(
+            f"  batched (1,000 readings/message)          : {batched['readings_per_s']:10,.0f} readings/s"
+            f"  p50 {batched['p50_ms']:.0f} ms  p99 {batched['p99_ms']:.0f} ms"
+            f"  ratio to raw COPY {batched['readings_per_s'] / copy_rate:.2f} (target >= 100k readings/s)"
+        )
+        print(
+            f"  Modbus polls over {modbus['meters']} simulated SunSpec meters: {modbus['polls_per_s']:10,.0f} polls/s"
+            f"  failures {modbus['failures']} (target >= 2,000 polls/s)"
+        )
+    finally:
+        db.drop_database(BASE_URL, name)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--publish":
+        publisher_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--modbus-server":
+        modbus_server_main([int(p) for p in sys.argv[2].split(",")], int(sys.argv[3]))
+    else:
+        main()
