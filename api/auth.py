@@ -54,8 +54,11 @@ class Principal:
 
     @property
     def actor(self) -> str:
-        """The name recorded as requested_by / approved_by / resolved_by."""
-        return f"{self.role.value}:{self.name}"
+        """The person recorded as requested_by / approved_by / resolved_by: the key's name.
+
+        A person's keys share one name, so nobody approves their own request with a second key.
+        """
+        return self.name
 
     def may_see_account(self, account_id: str) -> bool:
         if self.role is Role.CUSTOMER:

@@ -13,7 +13,6 @@ ApiError                    (status, code)
  +-- NotFound               404 no such resource (or not visible to this customer)
  +-- Conflict               409 state conflict (duplicate id, idempotency key in flight)
  +-- Unprocessable          422 well-formed but refused (bad reference, idempotency body mismatch)
- +-- NotAvailable           501 the operation's engine is not installed in this build
  +-- ServiceUnavailable     503 a dependency (database) is down
 
 Domain errors of the other packages (``prepaid.errors``, ``control.errors``,
@@ -98,11 +97,6 @@ class Conflict(ApiError):
 class Unprocessable(ApiError):
     status = 422
     code = "unprocessable"
-
-
-class NotAvailable(ApiError):
-    status = 501
-    code = "not-available"
 
 
 class ServiceUnavailable(ApiError):

@@ -308,15 +308,27 @@ class PolicyVersionIn(Request):
 # --- commands ----------------------------------------------------------------------------
 
 
+class Action(StrEnum):
+    disconnect = "disconnect"
+    arm = "arm"
+    reconnect = "reconnect"
+    load_limit = "load_limit"
+    clear_load_limit = "clear_load_limit"
+    read_now = "read_now"
+    status = "status"
+
+
 class CommandIn(Request):
     meter_id: Id
-    action: Annotated[str, Field(min_length=1, max_length=32, examples=["disconnect", "reconnect", "read"])]
+    action: Action
     reason: Annotated[str, Field(min_length=1, max_length=500)]
+    authority_copy: bool = Field(False, description="the copy to the authority was sent (important users)")
+    erroneous: bool = Field(False, description="reconnect after an erroneous disconnect (priority)")
 
 
 class BulkCommandIn(Request):
     meter_ids: Annotated[list[Id], Field(min_length=1, max_length=10_000)]
-    action: Annotated[str, Field(min_length=1, max_length=32)]
+    action: Action
     reason: Annotated[str, Field(min_length=1, max_length=500)]
 
 
@@ -340,6 +352,23 @@ class CommandOut(BaseModel):
     expires_at: datetime | None
     attempts: int
     detail: dict[str, Any]
+    manual: bool
+    batch_id: str | None
+    batch_size: int
+    priority: int
+    policy_profile: str | None
+    policy_version_planned: int | None
+    policy_version_dispatched: int | None
+    sent_at: datetime | None
+    confirmed_at: datetime | None
+    deadline_at: datetime | None
+    relay_read_back: str | None
+
+
+class BulkOut(BaseModel):
+    batch_id: str
+    count: int
+    commands: list[CommandOut]
 
 
 # --- notices and quarantine --------------------------------------------------------------

@@ -29,7 +29,9 @@ ACCOUNT_COLUMNS = (
 )
 COMMAND_COLUMNS = (
     "id, idempotency_key, meter_id, account_id, action, state, reason, requested_by, approved_by,"
-    " created_at, updated_at, not_before, expires_at, attempts, detail"
+    " created_at, updated_at, not_before, expires_at, attempts, detail, manual, batch_id, batch_size, priority,"
+    " policy_profile, policy_version_planned, policy_version_dispatched, sent_at, confirmed_at, deadline_at,"
+    " relay_read_back"
 )
 NOTICE_COLUMNS = "id, account_id, kind, body, created_at, channel, status, attempts, sent_at, delivered_at, last_error"
 QUARANTINE_COLUMNS = (
@@ -369,9 +371,26 @@ async def get_command(conn: psycopg.AsyncConnection[Any], command_id: int) -> Ro
     return row
 
 
-async def commands_by_keys(conn: psycopg.AsyncConnection[Any], keys: list[str]) -> list[Row]:
+async def commands_by_ids(conn: psycopg.AsyncConnection[Any], ids: list[int]) -> list[Row]:
+    return await _all(conn, f"select {COMMAND_COLUMNS} from commands where id = any(%s) order by id", (ids,))
+
+
+async def missing_meters(conn: psycopg.AsyncConnection[Any], meter_ids: list[str]) -> list[str]:
+    rows = await _all(conn, "select id from meters where id = any(%s)", (meter_ids,))
+    found = {r["id"] for r in rows}
+    return [m for m in dict.fromkeys(meter_ids) if m not in found]
+
+
+# --- policy versions (read side; control writes them) -------------------------------------
+
+
+async def policy_versions(conn: psycopg.AsyncConnection[Any], profile: str) -> list[Row]:
+    """Versions of a profile; the shipped base version's ``-infinity`` start reads as null."""
     return await _all(
-        conn, f"select {COMMAND_COLUMNS} from commands where idempotency_key = any(%s) order by id", (keys,)
+        conn,
+        "select profile, version, document, nullif(effective_from, '-infinity') as effective_from,"
+        " created_at, created_by from policy_versions where profile = %s order by version",
+        (profile,),
     )
 
 

@@ -13,9 +13,20 @@ from pydantic import AwareDatetime
 from api import store
 from api.auth import ACCOUNT_READERS, READERS, Principal, Role, ensure_account_visible, requires
 from api.deps import Conn, Now
-from api.engines import operation, plain
 from api.errors import ProblemRoute, Unprocessable
-from api.schemas import ID_PATTERN, AccountEventOut, AccountOut, CreditOut, KpisOut, LedgerEntryOut, NoticeOut, Page
+from api.results import plain
+from api.schemas import (
+    ID_PATTERN,
+    AccountEventOut,
+    AccountOut,
+    Action,
+    CreditOut,
+    KpisOut,
+    LedgerEntryOut,
+    NoticeOut,
+    Page,
+)
+from control import operations as control
 from prepaid import operations as prepaid
 from prepaid.models import AreaKpis, CreditFacts, DaysLeft, Statement
 
@@ -103,12 +114,18 @@ async def credit(account_id: str, conn: Conn, now: Now, who: AccountReaders) -> 
 
 @router.get(
     "/accounts/{account_id}/explain",
-    summary="Would this account be disconnected now, and why (control.operations.explain)",
+    summary="Would this action (default disconnect) go now for this account, and if not why and until when",
 )
-async def explain(account_id: str, conn: Conn, now: Now, who: AccountReaders) -> JSONResponse:
+async def explain(
+    account_id: str,
+    conn: Conn,
+    now: Now,
+    who: AccountReaders,
+    action: Annotated[Action, Query(description="the action to explain")] = Action.disconnect,
+) -> JSONResponse:
     await _visible(conn, who, account_id)
-    decision = await operation("control.operations", "explain")(conn, account_id, now)
-    return JSONResponse({"account_id": account_id, "at": now.isoformat(), "decision": plain(decision)})
+    result = await control.explain(conn, account_id, now, action.value)
+    return JSONResponse({"at": now.isoformat(), **plain(result)})
 
 
 @router.get("/accounts/{account_id}/events", response_model=Page[AccountEventOut], summary="Account events")

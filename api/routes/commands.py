@@ -16,11 +16,13 @@ from fastapi.responses import JSONResponse
 from api import store
 from api.auth import ADMINS, APPROVERS, OPERATORS, READERS, Principal, Role, requires
 from api.deps import Conn, Now
-from api.engines import operation, plain
-from api.errors import ProblemRoute
+from api.errors import Conflict, NotFound, ProblemRoute, Unprocessable
 from api.idempotency import run_once
+from api.results import plain
 from api.routes.money import IdempotencyKey, _ttl
-from api.schemas import ID_PATTERN, BulkCommandIn, CancelIn, CommandIn, CommandOut, Page, PolicyVersionIn
+from api.schemas import ID_PATTERN, BulkCommandIn, BulkOut, CancelIn, CommandIn, CommandOut, Page, PolicyVersionIn
+from control import operations as control
+from control.policy import profile_names
 
 router = APIRouter(route_class=ProblemRoute)
 Readers = Annotated[Principal, Depends(requires(*READERS))]
@@ -35,19 +37,16 @@ def _db_key(who: Principal, key: str) -> str:
     return f"api:{who.key_id}:{key}"
 
 
-def _command_id(result: Any) -> int | None:
-    out = plain(result)
-    if isinstance(out, dict):
-        for name in ("id", "command_id"):
-            if isinstance(out.get(name), int):
-                return int(out[name])
-    return None
+def approver_roles(who: Principal) -> list[str]:
+    """control's operator roles for an API key: its role; admins also approve."""
+    return ["admin", "approver"] if who.role is Role.ADMIN else [who.role.value]
 
 
 @router.post(
     "/commands",
     tags=["commands"],
     status_code=202,
+    response_model=CommandOut,
     summary="Request a command (disconnect, reconnect, read, ...); control applies approvals and guards",
 )
 async def request_command(
@@ -55,8 +54,7 @@ async def request_command(
 ) -> JSONResponse:
     async def run() -> tuple[int, Any]:
         await store.get_meter(conn, body.meter_id)
-        fn = operation("control.operations", "request_command")
-        result = await fn(
+        command = await control.request_command(
             conn,
             meter_id=body.meter_id,
             action=body.action,
@@ -65,10 +63,10 @@ async def request_command(
             idempotency_key=_db_key(who, idempotency_key),
             now=now,
             manual=True,
+            authority_copy=body.authority_copy,
+            erroneous=body.erroneous,
         )
-        cid = _command_id(result)
-        out = await store.get_command(conn, cid) if cid is not None else plain(result)
-        return 202, out
+        return 202, await store.get_command(conn, command.id)
 
     return await run_once(
         conn,
@@ -86,14 +84,21 @@ async def request_command(
     "/commands/bulk",
     tags=["commands"],
     status_code=202,
+    response_model=BulkOut,
     summary="Request one command per meter (batches above the policy limit need approval)",
 )
 async def bulk_request(
     body: BulkCommandIn, request: Request, conn: Conn, now: Now, who: Operators, idempotency_key: IdempotencyKey
 ) -> JSONResponse:
     async def run() -> tuple[int, Any]:
-        fn = operation("control.operations", "bulk_request")
-        result = await fn(
+        missing = await store.missing_meters(conn, body.meter_ids)
+        if missing:
+            raise Unprocessable(
+                f"unknown meter(s): {', '.join(missing[:10])}",
+                code="unknown-reference",
+                errors=[{"field": "body.meter_ids", "message": f"no such meter: {m}"} for m in missing[:10]],
+            )
+        commands = await control.bulk_request(
             conn,
             meter_ids=list(dict.fromkeys(body.meter_ids)),
             action=body.action,
@@ -102,7 +107,8 @@ async def bulk_request(
             idempotency_key=_db_key(who, idempotency_key),
             now=now,
         )
-        return 202, plain(result)
+        rows = await store.commands_by_ids(conn, [c.id for c in commands])
+        return 202, {"batch_id": _db_key(who, idempotency_key), "count": len(rows), "commands": rows}
 
     return await run_once(
         conn,
@@ -123,15 +129,21 @@ async def bulk_request(
     summary="Approve a command (approver role; never one's own request)",
 )
 async def approve(command_id: int, conn: Conn, now: Now, who: Approvers) -> Any:
-    await store.get_command(conn, command_id)
-    await operation("control.operations", "approve_command")(conn, command_id, who.actor, now)
+    command = await store.get_command(conn, command_id)
+    if command["state"] != "awaiting_approval":
+        raise Conflict(
+            f"command {command_id} is {command['state']}, not awaiting approval", code="not-awaiting-approval"
+        )
+    # The API key's role is the authority: mirror it into control's operator roles.
+    await control.set_operator(conn, who.actor, approver_roles(who))
+    await control.approve_command(conn, command_id, who.actor, now)
     return await store.get_command(conn, command_id)
 
 
 @router.post("/commands/{command_id}/cancel", tags=["commands"], response_model=CommandOut, summary="Cancel")
 async def cancel(command_id: int, body: CancelIn, conn: Conn, now: Now, who: Cancellers) -> Any:
     await store.get_command(conn, command_id)
-    await operation("control.operations", "cancel_command")(conn, command_id, who.actor, body.reason, now)
+    await control.cancel_command(conn, command_id, who.actor, body.reason, now)
     return await store.get_command(conn, command_id)
 
 
@@ -157,20 +169,39 @@ async def get_command(command_id: int, conn: Conn, _: Readers) -> Any:
     return await store.get_command(conn, command_id)
 
 
-@router.get("/policy", tags=["policy"], summary="The guard policy in force now (control)")
-async def get_policy(conn: Conn, now: Now, _: Readers) -> JSONResponse:
-    return JSONResponse(plain(await operation("control.operations", "get_policy")(conn, now)))
+def _profile(profile: str) -> str:
+    if profile not in profile_names():
+        raise NotFound(f"no policy profile {profile}; one of {', '.join(profile_names())}")
+    return profile
 
 
-@router.get("/policy/versions", tags=["policy"], summary="All policy versions (control)")
-async def list_policy_versions(conn: Conn, _: Readers) -> JSONResponse:
-    return JSONResponse(plain(await operation("control.operations", "list_policy_versions")(conn)))
+@router.get("/policy", tags=["policy"], summary="The guard policy profiles in force now")
+async def list_policies(conn: Conn, now: Now, _: Readers) -> JSONResponse:
+    out = {name: plain(await control.get_policy(conn, name, now)) for name in profile_names()}
+    return JSONResponse(out)
 
 
-@router.post("/policy/versions", tags=["policy"], status_code=201, summary="Add a policy version (admin; validated)")
-async def add_policy_version(body: PolicyVersionIn, conn: Conn, now: Now, who: Admins) -> JSONResponse:
-    fn = operation("control.operations", "add_policy_version")
-    result = await fn(
-        conn, document=body.document, effective_from=body.effective_from or now, created_by=who.actor, now=now
+@router.get("/policy/{profile}", tags=["policy"], summary="One policy profile in force now")
+async def get_policy(profile: str, conn: Conn, now: Now, _: Readers) -> JSONResponse:
+    return JSONResponse(plain(await control.get_policy(conn, _profile(profile), now)))
+
+
+@router.get("/policy/{profile}/versions", tags=["policy"], summary="All versions of a policy profile")
+async def list_policy_versions(profile: str, conn: Conn, now: Now, _: Readers) -> JSONResponse:
+    await control.get_policy(conn, _profile(profile), now)  # seeds the shipped versions on first use
+    # control.list_policy_versions cannot load the base version's '-infinity' start; read it here
+    return JSONResponse(plain(await store.policy_versions(conn, profile)))
+
+
+@router.post(
+    "/policy/{profile}/versions",
+    tags=["policy"],
+    status_code=201,
+    summary="Add a policy version (admin); only stricter than the jurisdiction floor",
+)
+async def add_policy_version(profile: str, body: PolicyVersionIn, conn: Conn, now: Now, who: Admins) -> JSONResponse:
+    await control.get_policy(conn, _profile(profile), now)
+    version = await control.add_policy_version(
+        conn, profile=profile, document=body.document, created_by=who.actor, now=now, effective_from=body.effective_from
     )
-    return JSONResponse(plain(result), status_code=201)
+    return JSONResponse({"profile": profile, "version": version}, status_code=201)

@@ -16,9 +16,9 @@ from fastapi.responses import JSONResponse
 from api import store
 from api.auth import ADMINS, INTEGRATORS, READERS, Principal, requires
 from api.deps import Conn, Now
-from api.engines import plain
 from api.errors import ProblemRoute
 from api.idempotency import KEY_PATTERN, run_once
+from api.results import plain
 from api.schemas import TariffOut, TariffVersionIn, TopupIn, TopupReversalIn
 from api.settings import ApiSettings
 from prepaid import operations as prepaid

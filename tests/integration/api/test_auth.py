@@ -29,7 +29,7 @@ ROUTES: list[tuple[str, str, dict[str, object] | None, set[str]]] = [
     ("GET", "/v1/tariffs", None, {"admin", "operator", "approver"}),
     ("POST", "/v1/tariffs/T-FLAT/versions", {"effective_from": "2027-01-01T00:00:00Z", "definition": {}}, {"admin"}),
     ("GET", "/v1/commands", None, {"admin", "operator", "approver"}),
-    ("POST", "/v1/commands", {"meter_id": "M-1", "action": "read", "reason": "t"}, {"admin", "operator"}),
+    ("POST", "/v1/commands", {"meter_id": "M-1", "action": "read_now", "reason": "t"}, {"admin", "operator"}),
     ("POST", "/v1/commands/1/approve", None, {"admin", "approver"}),
     ("POST", "/v1/commands/1/cancel", {"reason": "t"}, {"admin", "operator", "approver"}),
     (
@@ -55,7 +55,7 @@ async def test_role_boundaries(client: httpx.AsyncClient, keys: Keys) -> None:
             headers = {**keys.headers(role), "Idempotency-Key": f"k-{role}-{path}"}
             r = await client.request(method, path, json=body, headers=headers)
             if role in allowed:
-                if r.status_code in (401, 403):
+                if r.status_code == 401 or (r.status_code == 403 and r.json()["code"] == "forbidden"):
                     wrong.append(f"{role} {method} {path}: {r.status_code} {r.text}")
             elif r.status_code != 403 or r.headers["content-type"] != "application/problem+json":
                 wrong.append(f"{role} {method} {path}: expected 403, got {r.status_code} {r.text}")

@@ -138,6 +138,6 @@ async def test_billing_hold_resolve(client: httpx.AsyncClient, keys: Keys, seede
     r = await client.post("/v1/meters/M-1/billing-hold/resolve", json={"note": "meter swapped"}, headers=op)
     assert r.status_code == 200, r.text
     assert r.json()["previous_hold"] == "register_reset"
-    assert r.json()["resolved_by"] == "operator:olga (meter swapped)"
+    assert r.json()["resolved_by"] == "olga (meter swapped)"
     assert (await client.get("/v1/meters/M-1", headers=op)).json()["billing_hold"] is None
     assert (await client.post("/v1/meters/NOPE/billing-hold/resolve", headers=op)).status_code == 404
