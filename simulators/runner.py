@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime
 
 import holidays as holidays_lib
 
-from headend.clock import Clock, clock_from_env
+from headend.clock import AcceleratedClock, Clock, clock_from_env
 from headend.settings import CommonSettings
 from simulators import formats
 from simulators.clock import TickClock, align, from_headend_clock
@@ -116,17 +116,18 @@ class Simulation:
         self._slow_logged = False
 
     def _tick_clock(self, clock: Clock | None) -> TickClock:
+        """Unpaced (speed 0) from start or now; else a shared accelerated clock; else start/speed."""
         s = self.scenario
         wall = self.wall()
+        clock = clock or clock_from_env()
+        if s.speed == 0:
+            return TickClock(s.start or align(clock.now(), s.step_s), s.step_s, 0.0, wall)
+        if isinstance(clock, AcceleratedClock):  # the demo's clock: agree with every service
+            return from_headend_clock(clock, s.step_s, wall)
         if s.start is not None:
             return TickClock(s.start, s.step_s, s.speed, wall)
-        clock = clock or clock_from_env()
-        if s.speed == 0:  # unpaced: start at the (aligned) clock time
-            return TickClock(align(clock.now(), s.step_s), s.step_s, 0.0, wall)
-        tc = from_headend_clock(clock, s.step_s, wall)
-        if clock.speed == 1.0 and s.speed != 1.0:  # no shared accelerated clock: the scenario's speed
-            return TickClock(tc.origin, s.step_s, s.speed, wall)
-        return tc
+        tc = from_headend_clock(clock, s.step_s, wall)  # now, aligned, at the scenario's speed
+        return TickClock(tc.origin, s.step_s, s.speed, tc.real_start)
 
     @property
     def counters(self) -> Counters:

@@ -47,3 +47,17 @@ def test_system_clock_starts_aligned() -> None:
 def test_origin_needs_a_zone() -> None:
     with pytest.raises(ValueError):
         TickClock(datetime(2026, 1, 1), 60.0, 1.0, 0.0)
+
+
+def test_simulation_follows_the_shared_clock_over_the_scenario() -> None:
+    from simulators.runner import Simulation
+    from simulators.scenario import parse_scenario
+
+    raw = {"seed": 1, "speed": 60, "start": "2026-01-01T00:00:00+00:00", "groups": [{"name": "A", "count": 1}]}
+    shared = AcceleratedClock(origin=ORIGIN, speed=1440.0, real_start=100.0, wall=lambda: 100.0)
+    sim = Simulation(parse_scenario(raw), clock=shared, wall=lambda: 100.0)
+    assert (sim.clock.origin, sim.clock.speed, sim.clock.real_start) == (ORIGIN, 1440.0, 100.0)
+    sim = Simulation(parse_scenario(raw), clock=Clock(), wall=lambda: 100.0)
+    assert (sim.clock.origin, sim.clock.speed) == (datetime(2026, 1, 1, tzinfo=UTC), 60.0)
+    sim = Simulation(parse_scenario({**raw, "speed": 0}), clock=shared, wall=lambda: 100.0)
+    assert not sim.clock.paced and sim.clock.origin == datetime(2026, 1, 1, tzinfo=UTC)
