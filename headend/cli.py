@@ -32,7 +32,7 @@ SERVICES: dict[str, str] = {
     "control": "control.service:serve",
     "api": "api.service:serve",
 }
-PLUGINS = ("ingest.cli", "prepaid.cli", "control.cli", "simulators.cli", "api.cli")
+PLUGINS = ("ingest.cli", "prepaid.cli", "control.cli", "simulators.cli", "api.cli", "headend.demo")
 
 
 def _load(target: str) -> Callable[[], Coroutine[Any, Any, None]]:
