@@ -291,11 +291,19 @@ class FleetDriver:
             self._emit(self._events_message(i, events), out)
             if any(e.kind == "relay_change" for e in events):
                 self._push(self._state_message(i, events[-1].ts), out)
+                self._device_relay(i, events[-1].ts, out)
 
     def _events_message(self, i: int, events: list[MeterEvent]) -> Outgoing:
         mid = self.specs[i].meter_id
         payload = formats.native_events(mid, events, float(self.faults.skew_s[i]))
         return Outgoing(self.topics.meter(mid, "events"), payload, 1, i, "events")
+
+    def _device_relay(self, i: int, ts: datetime, out: list[Outgoing]) -> None:
+        """A Shelly also tells its relay change in its own format (``switch:0`` output)."""
+        spec = self.specs[i]
+        if spec.wire is WireFormat.SHELLY:
+            payload = formats.shelly_switch(spec.topic_id, ts, self.model.relay_state(i))
+            self._push(Outgoing(self.topics.shelly(spec.topic_id), payload, 1, i, "events"), out)
 
     def _state_message(self, i: int, ts: datetime) -> Outgoing:
         relay = self.model.relay_state(i)
@@ -396,6 +404,8 @@ class FleetDriver:
                 self._push(self._events_message(i, [e]), out)
         if cmd.action is Action.STATUS or any(e.kind == "relay_change" for e in events):
             self._push(self._state_message(i, now), out)
+        if any(e.kind == "relay_change" for e in events) and not self.offline[i]:
+            self._device_relay(i, now, out)
         return out
 
     def _sample_now(self, i: int, now: datetime) -> Sample:

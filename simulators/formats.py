@@ -169,6 +169,14 @@ def decode_command(meter_id: str, payload: bytes) -> Command | str:
     return Command(meter_id, command_id, action, params, expires_at)
 
 
+def shelly_switch(device_id: str, ts: datetime, relay: RelayState) -> bytes:
+    """Shelly Gen2 NotifyStatus carrying only the changed ``switch:0`` output (after a relay change)."""
+    closed = relay in (RelayState.CONNECTED, RelayState.LOAD_LIMITED)
+    params = {"ts": round(ts.timestamp(), 2), "switch:0": {"id": 0, "output": closed}}
+    body = {"src": device_id, "dst": f"{device_id}/events", "method": "NotifyStatus", "params": params}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 @dataclass(frozen=True)
 class Topics:
     """The topic names of one run (prefixes from settings/scenario)."""

@@ -40,6 +40,8 @@ def test_ingest_decodes_every_simulated_mqtt_message() -> None:
     )
     out = [m for k in range(6 * 60) for m in driver.tick(k)]  # six hours, PV exports at noon (Shanghai)
     out += driver.handle_command(Command("N-1", "c1", Action.DISCONNECT, {}), T0)
+    shelly_cut = driver.handle_command(Command("S-1", "c2", Action.DISCONNECT, {}), T0)
+    out += shelly_cut
     out += driver.tick(6 * 60)
     directory = MeterDirectory.of([MeterInfo(s.meter_id, "Asia/Shanghai", s.device_topic) for s in SPECS])
     prefixes = Prefixes("hx", "tas", "shl")
@@ -54,6 +56,9 @@ def test_ingest_decodes_every_simulated_mqtt_message() -> None:
         for r in item.decoded.readings:
             assert r.ts.tzinfo is not None and T0 <= r.ts <= T0.replace(hour=7)
     assert readings > 24 * 5 * 4  # every meter, every quarter-hour, several OBIS codes each
+    switch = [m for m in shelly_cut if m.topic == "shl/s-1/events/rpc"]
+    item = decode_message(switch[0].topic, switch[0].payload, directory, prefixes)
+    assert item.decoded is not None and item.decoded.events[0].detail["relay"] == "disconnected"
     kinds = {m.topic.rsplit("/", 1)[-1] for m in out}
     assert {"readings", "SENSOR", "rpc", "events"} <= kinds
 
