@@ -135,3 +135,43 @@ async def test_fc06_write_relay_faults_and_offline_with_pymodbus() -> None:
         sim_task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await sim_task
+
+
+async def test_five_hundred_meters_in_one_process() -> None:
+    from pymodbus.client import AsyncModbusTcpClient
+
+    from simulators import registermaps as rm
+
+    sc = parse_scenario(
+        {
+            "seed": 9,
+            "speed": 0,
+            "start": "2026-11-30T10:00:00+08:00",
+            "modbus": {"host": "127.0.0.1", "port": 0, "units_per_port": 200},
+            "groups": [
+                {"name": "SS", "count": 300, "wire": "sunspec"},
+                {"name": "SDM", "count": 200, "wire": "sdm630"},
+            ],
+        }
+    )
+    sim = Simulation(sc)
+    for k in range(5):
+        sim.driver.tick(k)
+    async with ModbusFarm(sim.driver, "127.0.0.1", 0, sim.sim_now) as farm:
+        assert farm.meter_count == 500 and len(farm.ports) == 3
+        for meter_id in ("SS-000001", "SS-000200", "SS-000201", "SS-000300", "SDM-000001", "SDM-000100", "SDM-000200"):
+            i = sim.model.index[meter_id]
+            port, unit = farm.port_of(i), sim.specs[i].modbus_unit
+            client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=3, retries=0)
+            await client.connect()
+            try:
+                if meter_id.startswith("SS"):
+                    rr = await client.read_holding_registers(rm.M203_AT + 46, count=2, device_id=unit)
+                    value = (rr.registers[0] << 16) | rr.registers[1]
+                    assert value == round(float(sim.model.import_wh[i])), meter_id
+                else:
+                    rr = await client.read_input_registers(0x0048, count=2, device_id=unit)
+                    kwh = rm.decode_float32(rr.registers[0], rr.registers[1])
+                    assert kwh == pytest.approx(float(sim.model.import_wh[i]) / 1000, rel=1e-6), meter_id
+            finally:
+                client.close()
