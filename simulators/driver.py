@@ -172,6 +172,8 @@ class FleetDriver:
                     m.power_fail(i, t)
                     when = t.timestamp() + self.faults.rate("power_fail_s", i)
                     heapq.heappush(self.restore_at, (when, next(self.seq), "power", i))
+                elif kind == "tamper":
+                    m.tamper(i, t, {"kind": "magnetic"})
                 elif kind == "cover_open" and not m.cover_open[i]:
                     m.set_cover(i, True, t)
                     heapq.heappush(self.restore_at, (t.timestamp() + 600.0, next(self.seq), "cover", i))

@@ -16,6 +16,7 @@ Rates (``FaultRates``; every field defaults to 0 = off):
 | spike             | spike, spike_wh                   | per meter per day; register jumps        |
 | power failure     | power_fail, power_fail_s          | per meter per day; duration              |
 | cover opened      | cover_open                        | per meter per day (closed 10 min later)  |
+| tamper            | tamper                            | per meter per day (magnetic field event) |
 | relay fails       | relay_fail                        | probability per relay operation          |
 | wrong state       | wrong_state                       | probability per ack/state report         |
 | missing ack       | ack_missing                       | probability per command                  |
@@ -41,7 +42,7 @@ FloatArray = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.intp]
 
 _DURATIONS = {"delay_s", "clock_skew_max_s", "offline_s", "spike_wh", "power_fail_s", "ack_delay_s"}
-PER_DAY = ("offline", "register_reset", "spike", "power_fail", "cover_open")
+PER_DAY = ("offline", "register_reset", "spike", "power_fail", "cover_open", "tamper")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class FaultRates:
     power_fail: float = 0.0
     power_fail_s: float = 2 * 3600.0
     cover_open: float = 0.0
+    tamper: float = 0.0
     relay_fail: float = 0.0
     wrong_state: float = 0.0
     ack_missing: float = 0.0

@@ -64,6 +64,7 @@ async def test_fleet_with_faults_on_mosquitto(mqtt_host: str, mqtt_port: int, mq
                 "prefix": mqtt_prefix,
                 "tasmota_prefix": f"{mqtt_prefix}-tas",
                 "shelly_prefix": f"{mqtt_prefix}-shl",
+                "clients": 2,
             },
             "groups": [
                 {"name": "N", "count": 20, "interval_s": 300},

@@ -172,16 +172,18 @@ def test_relay_faults_and_load_side_voltage() -> None:
 
 
 def test_per_day_faults_reset_spike_power() -> None:
-    specs = [MeterSpec("R", initial_import_wh=5e6), MeterSpec("S"), MeterSpec("P")]
+    specs = [MeterSpec("R", initial_import_wh=5e6), MeterSpec("S"), MeterSpec("P"), MeterSpec("X")]
     plan = FaultPlan(
         FaultRates(),
         {
             "R": FaultRates(register_reset=1e9),
             "S": FaultRates(spike=1e9, spike_wh=1e6),
             "P": FaultRates(power_fail=1e9),
+            "X": FaultRates(tamper=1e9, cover_open=1e9),
         },
     )
     d = make(specs, plan)
     out = run(d, 1)
     assert d.model.import_wh[0] < 100 and d.model.import_wh[1] > 1e6
-    assert bodies(out, "/events")[0]["events"][0]["kind"] == "power_fail"
+    events = {b["meter"]: [e["kind"] for e in b["events"]] for b in bodies(out, "/events")}
+    assert events == {"P": ["power_fail"], "X": ["cover_open", "tamper"]}
