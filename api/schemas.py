@@ -7,6 +7,7 @@ Money is integer minor units (``*_minor``), energy Wh, timestamps RFC 3339 with 
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -415,3 +416,78 @@ class ReplayOut(BaseModel):
     accepted: bool
     result: str
     replayed_at: datetime
+
+
+# --- customer facts, cases, operating conditions -----------------------------------------
+
+
+class ProtectionKind(StrEnum):
+    medical_certificate = "medical_certificate"
+    life_support = "life_support"
+    vulnerable = "vulnerable"
+    elderly_alone = "elderly_alone"
+    child_under_2 = "child_under_2"
+
+
+class ProtectionIn(Request):
+    kind: ProtectionKind
+    valid_until: AwareDatetime | None = Field(None, description="null: until revoked")
+    detail: dict[str, Any] = {}
+
+
+class ReviewIn(Request):
+    keep: bool = Field(description="true: keep (renew) the lapsed protection; false: let it end")
+
+
+class DisputeIn(Request):
+    amount_minor: Annotated[int, Field(ge=0, le=10**12, description="disputed amount; not recovered while open")]
+    detail: dict[str, Any] = {}
+
+
+class CreatedOut(BaseModel):
+    id: int
+
+
+class CaseOut(BaseModel):
+    id: int
+    kind: str
+    account_id: str | None
+    meter_id: str | None
+    command_id: int | None
+    status: str
+    opened_at: datetime
+    detail: dict[str, Any]
+
+
+class WeatherIn(Request):
+    area: Annotated[str, Field(min_length=1, max_length=64)]
+    issued_at: AwareDatetime
+    horizon_start: AwareDatetime
+    horizon_end: AwareDatetime
+    min_c: Annotated[Decimal, Field(ge=-90, le=60, max_digits=5, decimal_places=1)]
+    max_c: Annotated[Decimal, Field(ge=-90, le=60, max_digits=5, decimal_places=1)]
+    source: Annotated[str, Field(min_length=1, max_length=64)] = "api"
+
+
+class ChannelHealthIn(Request):
+    healthy: bool
+    detail: Annotated[str, Field(max_length=500)] = ""
+
+
+class KillSwitchIn(Request):
+    on: bool
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class InstallmentPlanIn(Request):
+    period_start: AwareDatetime
+    period_end: AwareDatetime
+    count: Annotated[int, Field(ge=1, le=60)]
+    first_due: AwareDatetime
+    every_days: Annotated[int, Field(ge=1, le=366)] = 30
+
+
+class InstallmentPaymentIn(Request):
+    channel: Channel
+    reference: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+    amount_minor: Annotated[int, Field(gt=0, le=100_000_000)]

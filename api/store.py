@@ -466,3 +466,14 @@ async def get_quarantined(conn: psycopg.AsyncConnection[Any], qid: int) -> Row:
 
 async def mark_replayed(conn: psycopg.AsyncConnection[Any], qid: int, *, at: datetime, result: str) -> None:
     await conn.execute("update quarantine set replayed_at = %s, replay_result = %s where id = %s", (at, result, qid))
+
+
+# --- facts owned by control (existence checks only) --------------------------------------
+
+
+async def protection_exists(conn: psycopg.AsyncConnection[Any], protection_id: int) -> bool:
+    return await _one(conn, "select 1 as x from protections where id = %s", (protection_id,)) is not None
+
+
+async def case_exists(conn: psycopg.AsyncConnection[Any], case_id: int) -> bool:
+    return await _one(conn, "select 1 as x from cases where id = %s", (case_id,)) is not None

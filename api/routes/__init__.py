@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.routes import accounts, commands, inbox, live, money, network, readings
+from api.routes import accounts, commands, facts, inbox, live, money, network, readings
 
 ROUTERS: list[APIRouter] = [
     network.router,
@@ -12,6 +12,7 @@ ROUTERS: list[APIRouter] = [
     accounts.router,
     money.router,
     commands.router,
+    facts.router,
     inbox.router,
     live.router,
 ]

@@ -44,6 +44,23 @@ ROUTES: list[tuple[str, str, dict[str, object] | None, set[str]]] = [
     ("POST", "/v1/quarantine/1/replay", None, {"admin", "operator"}),
     ("GET", "/v1/kpis", None, {"admin", "operator", "approver"}),
     ("POST", "/v1/meters/M-1/billing-hold/resolve", None, {"admin", "operator"}),
+    ("POST", "/v1/accounts/A-1/protections", {"kind": "vulnerable"}, {"admin", "operator"}),
+    ("POST", "/v1/accounts/A-1/disputes", {"amount_minor": 1}, {"admin", "operator"}),
+    ("POST", "/v1/protections/1/review", {"keep": True}, {"admin", "operator", "approver"}),
+    ("GET", "/v1/cases", None, {"admin", "operator", "approver"}),
+    ("PUT", "/v1/kill-switch", {"on": False, "reason": "t"}, {"admin"}),
+    ("PUT", "/v1/payment-channels/bank", {"healthy": True}, {"admin", "operator"}),
+    ("GET", "/v1/accounts/A-1/installment-plans", None, {"admin", "operator", "approver", "customer"}),
+    (
+        "POST",
+        "/v1/installment-plans/1/payments",
+        {"channel": "bank", "reference": "r", "amount_minor": 1},
+        {"admin", "integrator"},
+    ),
+    ("GET", "/v1/policy", None, {"admin", "operator", "approver"}),
+    ("GET", "/v1/accounts/A-1/explain", None, {"admin", "operator", "approver", "customer"}),
+    ("GET", "/metrics", None, {"admin", "operator"}),
+    ("GET", "/v1/stream?max_seconds=0.1", None, {"admin", "operator", "approver"}),
 ]
 
 
