@@ -14,6 +14,7 @@ Topic scheme (``<p>`` = the native prefix)::
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -92,6 +93,11 @@ def parse_utc(value: object) -> datetime:
     """An RFC 3339 timestamp with a zone, as aware UTC. A naive one is rejected."""
     if not isinstance(value, str):
         raise DecodeError("bad_timestamp", f"{value!r}"[:100])
+    return _parse_utc(value)
+
+
+@functools.lru_cache(maxsize=4096)  # a batch repeats the same interval timestamps
+def _parse_utc(value: str) -> datetime:
     try:
         ts = datetime.fromisoformat(value)
     except ValueError as exc:
@@ -116,11 +122,22 @@ def is_cumulative(obis: str) -> bool:
     return obis.split(":", 1)[1].split(".")[1] == "8"
 
 
+_CUMULATIVE: dict[str, bool] = {}  # valid OBIS codes seen so far -> cumulative?
+
+
 def reading(meter_id: str, obis: str, ts: datetime, raw: object) -> Reading:
-    if not isinstance(obis, str) or not OBIS_RE.match(obis):
-        raise DecodeError("bad_obis", f"{obis!r}"[:100], meter_id)
-    value = number(raw, obis)
-    if value < 0 and is_cumulative(obis):
+    cumulative = _CUMULATIVE.get(obis) if isinstance(obis, str) else None
+    if cumulative is None:
+        if not isinstance(obis, str) or not OBIS_RE.match(obis):
+            raise DecodeError("bad_obis", f"{obis!r}"[:100], meter_id)
+        cumulative = (
+            _CUMULATIVE.setdefault(obis, is_cumulative(obis)) if len(_CUMULATIVE) < 1024 else is_cumulative(obis)
+        )
+    if isinstance(raw, float) and math.isfinite(raw):
+        value = raw
+    else:
+        value = number(raw, obis)
+    if value < 0 and cumulative:
         raise DecodeError("bad_value", f"negative cumulative register {obis}={value}", meter_id)
     return Reading(meter_id, obis, ts, value)
 

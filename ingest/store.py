@@ -65,11 +65,13 @@ with ins as (
 select count(*), count(*) filter (where obis = '1-0:1.8.0') from ins
 """
 
-# Every adjacent pair of import readings that involves at least one new row.
+# Every adjacent pair of import readings that involves at least one new row. Per meter
+# with new rows: the window from the reading before its earliest new row to the reading
+# after its latest one, read with one index range scan (lateral), then lag() over it.
 _PAIRS = """
-with b as (
+with b as materialized (
     select meter_id, min(ts) as lo, max(ts) as hi from ingest_new group by meter_id
-), w as (
+), w as materialized (
     select b.meter_id,
         coalesce((select max(r.ts) from readings r
                   where r.meter_id = b.meter_id and r.obis = '1-0:1.8.0' and r.ts < b.lo), b.lo) as lo,
@@ -81,7 +83,11 @@ with b as (
         lag(r.ts) over x as prev_ts, lag(r.value) over x as prev_value,
         lag(n.ts is not null) over x as prev_new
     from w
-    join readings r on r.meter_id = w.meter_id and r.obis = '1-0:1.8.0' and r.ts between w.lo and w.hi
+    cross join lateral (
+        select r.meter_id, r.ts, r.value from readings r
+        where r.meter_id = w.meter_id and r.obis = '1-0:1.8.0' and r.ts between w.lo and w.hi
+        offset 0  -- keep it a per-meter index range scan (never a scan of the whole chunk)
+    ) r
     left join ingest_new n on n.meter_id = r.meter_id and n.ts = r.ts
     window x as (partition by r.meter_id order by r.ts)
 )

@@ -85,7 +85,11 @@ def assess(pair: Pair, meter: MeterInfo, *, gap_factor: float = DEFAULT_GAP_FACT
         if adv.kind is AdvanceKind.ROLLOVER:
             detail = {**values, "register_max_wh": meter.register_max_wh, "advance_wh": adv.energy_wh}
             out.append(Finding(pair.meter_id, pair.ts, "register_rollover", detail))
-        if is_spike(adv, meter.rated_current_a, meter.nominal_voltage_v, meter.phases, seconds):
+        # Cheap float bound first; the exact (Decimal) check of headend.registers decides near it.
+        rough_wh = meter.rated_current_a * meter.nominal_voltage_v * max(1, meter.phases) * max(seconds, 60.0) / 3000
+        if adv.energy_wh >= 0.99 * rough_wh and is_spike(
+            adv, meter.rated_current_a, meter.nominal_voltage_v, meter.phases, seconds
+        ):
             detail = {**values, "advance_wh": adv.energy_wh, "seconds": seconds}
             out.append(Finding(pair.meter_id, pair.ts, "energy_spike", detail, hold=True))
     max_step_s = gap_factor * meter.interval_s
