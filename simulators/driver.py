@@ -20,6 +20,7 @@ their own faults (missing, slow, wrong state).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 from collections import defaultdict
@@ -34,7 +35,7 @@ from simulators.faults import Faults
 from simulators.fleet import FleetModel
 from simulators.formats import Sample, Topics
 from simulators.meter import AckStatus, Action, RelayState
-from simulators.models import Command, MeterEvent, MeterSpec, Protocol, Reporting, WireFormat
+from simulators.models import Command, MeterEvent, Reporting, WireFormat
 
 BLOCK_CHUNK = 96  # at most one day of 15-min readings per backlog message
 
@@ -68,12 +69,11 @@ class Counters:
 _SINGLE, _CONCENTRATOR, _BLOCK, _TASMOTA, _SHELLY, _MODBUS = range(6)
 
 
-def _kind(spec: MeterSpec) -> int:
-    if spec.wire is WireFormat.NATIVE:
-        return {Reporting.SINGLE: _SINGLE, Reporting.CONCENTRATOR: _CONCENTRATOR, Reporting.BLOCK: _BLOCK}[
-            spec.reporting
-        ]
-    return {WireFormat.TASMOTA: _TASMOTA, WireFormat.SHELLY: _SHELLY}.get(spec.wire, _MODBUS)
+@functools.cache
+def _kind(wire: WireFormat, reporting: Reporting) -> int:
+    if wire is WireFormat.NATIVE:
+        return {Reporting.SINGLE: _SINGLE, Reporting.CONCENTRATOR: _CONCENTRATOR, Reporting.BLOCK: _BLOCK}[reporting]
+    return {WireFormat.TASMOTA: _TASMOTA, WireFormat.SHELLY: _SHELLY}.get(wire, _MODBUS)
 
 
 def _opposite(relay: RelayState) -> RelayState:
@@ -103,7 +103,8 @@ class FleetDriver:
         self.max_backlog = max_backlog
         self.specs = model.specs
         n = model.n
-        self.mqtt = np.array([s.wire.protocol is Protocol.MQTT for s in self.specs], dtype=bool)
+        self.kind = np.array([_kind(s.wire, s.reporting) for s in self.specs], dtype=np.int8)
+        self.mqtt = self.kind != _MODBUS
         for hit in np.flatnonzero(faults.load_side_voltage).tolist():
             model.set_load_side_voltage(hit, True)
         by_interval: dict[int, list[int]] = defaultdict(list)
@@ -113,7 +114,6 @@ class FleetDriver:
             by_interval[s.interval_s].append(i)
         self.by_interval = {iv: np.array(ix, dtype=np.intp) for iv, ix in sorted(by_interval.items())}
         # How each meter reports (codes below), and its concentrator's number (-1: none).
-        self.kind = np.array([_kind(s) for s in self.specs], dtype=np.int8)
         self.conc_names: list[str] = []
         conc_no: dict[str, int] = {}
         conc_of = np.full(n, -1, dtype=np.int32)

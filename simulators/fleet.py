@@ -69,7 +69,8 @@ class FleetModel:
         self.rng = np.random.default_rng(seed)
         self.noise_sigma = noise_sigma
         self.noise_tau_s = noise_tau_s
-        self.profile_idx = np.array([self.profiles.index(s.profile) for s in specs], dtype=np.int16)
+        profile_no = {name: self.profiles.index(name) for name in {s.profile for s in specs}}
+        self.profile_idx = np.array([profile_no[s.profile] for s in specs], dtype=np.int16)
         self.annual_kwh = np.array([s.annual_kwh for s in specs], dtype=np.float64)
         self.pv_kwp = np.array([s.pv_kwp for s in specs], dtype=np.float64)
         self.register_max_wh = np.array([s.register_max_wh for s in specs], dtype=np.float64)

@@ -32,7 +32,10 @@ class WireFormat(StrEnum):
 
     @property
     def protocol(self) -> Protocol:
-        return Protocol.MODBUS if self in (WireFormat.SUNSPEC, WireFormat.SDM630) else Protocol.MQTT
+        return _PROTOCOL[self.value]
+
+
+_PROTOCOL = {w.value: (Protocol.MODBUS if w.value in ("sunspec", "sdm630") else Protocol.MQTT) for w in WireFormat}
 
 
 class Reporting(StrEnum):
