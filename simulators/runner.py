@@ -113,6 +113,7 @@ class Simulation:
         self.tick = 0
         self.started_wall = 0.0
         self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
         self._slow_logged = False
 
     def _tick_clock(self, clock: Clock | None) -> TickClock:
@@ -165,8 +166,28 @@ class Simulation:
         if self.link is not None:
             self.link.publish(out)
 
+    def stop(self) -> None:
+        """Ask a running ``run()`` to finish (flushes what is held back, closes cleanly)."""
+        self._stop.set()
+
+    def meter_status(self, meter_id: str) -> dict[str, object]:
+        """What a meter shows now (for a narrator or a test): relay, registers, power, comms."""
+        i = self.model.index[meter_id]
+        m = self.model
+        return {
+            "meter": meter_id,
+            "relay": m.relay_state(i).wire,
+            "import_wh": round(float(m.import_wh[i]), 1),
+            "export_wh": round(float(m.export_wh[i]), 1),
+            "power_w": round(float(m.power_w[i]), 1),
+            "powered": bool(m.powered[i]),
+            "online": not bool(self.driver.offline[i]),
+            "load_side_voltage": bool(m.load_side_voltage[i]),
+        }
+
     async def run(self, stop: asyncio.Event | None = None) -> Counters:
-        stop = stop or asyncio.Event()
+        """Run until the scenario's duration, ``stop`` (or ``self.stop()``); returns the counters."""
+        stop = stop or self._stop
         m = self.scenario.mqtt
         async with contextlib.AsyncExitStack() as stack:
             if self.mqtt_meters:

@@ -118,6 +118,7 @@ async def test_fleet_with_faults_on_mosquitto(mqtt_host: str, mqtt_port: int, mq
     states = [json.loads(p)["relay"] for t, p in got if t.endswith("/N-000001/state")]
     assert states[:2] == ["disconnected", "armed"] and "connected" in states[2:]
     assert sim.model.relay_state(sim.model.index["N-000001"]) is RelayState.CONNECTED
+    assert sim.meter_status("N-000001")["relay"] == "connected"
     read_now = [p for t, p in got if t.endswith("/N-000003/ack")]
     assert read_now and json.loads(read_now[0])["id"] == "rd-1"
 
@@ -132,3 +133,24 @@ async def test_fleet_with_faults_on_mosquitto(mqtt_host: str, mqtt_port: int, mq
     # garbage is really garbage, and progress was reported to the end
     assert any(not p.startswith(b'{"') for _, p in got)
     assert progress[-1].done and progress[-1].tick == sim.ticks_total == 120
+
+
+async def test_stop_ends_an_endless_run(mqtt_host: str, mqtt_port: int, mqtt_prefix: str) -> None:
+    sim = Simulation(
+        parse_scenario(
+            {
+                "seed": 1,
+                "speed": 3600,
+                "groups": [{"name": "A", "count": 3, "interval_s": 60}],
+                "mqtt": {"host": mqtt_host, "port": mqtt_port, "prefix": mqtt_prefix},
+            }
+        )
+    )
+    task = asyncio.create_task(sim.run(), name="sim")
+    async with asyncio.timeout(10):
+        await sim.ready.wait()
+    await asyncio.sleep(0.5)
+    sim.stop()
+    async with asyncio.timeout(10):
+        counters = await task
+    assert counters.ticks > 5 and counters.samples == 3 * counters.ticks
