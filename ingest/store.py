@@ -141,6 +141,7 @@ class WriteResult:
     events_new: int = 0
     quarantined: int = 0
     findings: list[Finding] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (item index, reason), whole or part
     gaps_filled: int = 0
     restored: list[str] = field(default_factory=list)  # meters whose comms came back
 
@@ -187,6 +188,7 @@ class _Plan:
     events: list[Event] = field(default_factory=list)
     event_sources: list[str] = field(default_factory=list)
     quarantine: list[tuple[str, str | None, str | None, bytes, str]] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (item index, reason)
     seen: set[str] = field(default_factory=set)
 
 
@@ -220,9 +222,10 @@ class BatchWriter:
     def _plan(self, items: Sequence[Item], now: datetime) -> _Plan:
         plan = _Plan()
         known = self.directory.by_id
-        for item in items:
+        for index, item in enumerate(items):
             if item.decoded is None:
                 plan.quarantine.append((item.source, item.topic, item.meter_id, item.payload, item.reason or "unknown"))
+                plan.rejected.append((index, item.reason or "unknown"))
                 continue
             reasons: list[str] = []
             unknown = sorted(m for m in item.decoded.meter_ids if m not in known)
@@ -237,6 +240,7 @@ class BatchWriter:
             if reasons:
                 meter = item.meter_id or (unknown[0] if unknown else None)
                 plan.quarantine.append((item.source, item.topic, meter, item.payload, "; ".join(reasons)))
+                plan.rejected.append((index, "; ".join(reasons)))
             for r in readings:
                 plan.readings.append((r.meter_id, r.obis, r.ts, r.value, item.source))
                 plan.seen.add(r.meter_id)
@@ -246,14 +250,21 @@ class BatchWriter:
                 plan.seen.add(e.meter_id)
         return plan
 
-    async def write(self, items: Sequence[Item], now: datetime) -> WriteResult:
-        """Write one batch in one transaction. Raises on database errors (nothing is committed)."""
+    async def write(self, items: Sequence[Item], now: datetime, *, quarantine: bool = True) -> WriteResult:
+        """Write one batch in one transaction. Raises on database errors (nothing is committed).
+
+        With ``quarantine=False`` (replay) rejected items are only reported in ``rejected``.
+        """
         if any(
             item.decoded is not None and not item.decoded.meter_ids <= self.directory.by_id.keys() for item in items
         ):
             await self.refresh_directory()
         plan = self._plan(items, now)
-        result = WriteResult(readings_offered=len(plan.readings), quarantined=len(plan.quarantine))
+        if not quarantine:
+            plan.quarantine.clear()
+        result = WriteResult(
+            readings_offered=len(plan.readings), quarantined=len(plan.quarantine), rejected=plan.rejected
+        )
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(_STAGE)
             cur = conn.cursor()
