@@ -159,6 +159,7 @@ async def frames(
     *,
     account_id: str | None,
     meter_id: str | None,
+    command_id: int | None = None,
     keepalive_s: float,
     max_seconds: float | None,
 ) -> AsyncIterator[str]:
@@ -186,6 +187,8 @@ async def frames(
             if account_id is not None and event.account_id() != account_id:
                 continue
             if meter_id is not None and event.meter_id() != meter_id:
+                continue
+            if command_id is not None and (event.kind != "command" or event.data.get("id") != command_id):
                 continue
             seq += 1
             yield sse_frame(seq, event)

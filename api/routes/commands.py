@@ -47,7 +47,7 @@ def approver_roles(who: Principal) -> list[str]:
     tags=["commands"],
     status_code=202,
     response_model=CommandOut,
-    summary="Request a command (disconnect, reconnect, read, ...); control applies approvals and guards",
+    summary="Request a command (disconnect, arm, reconnect, read_now, ...); control applies approvals and guards",
 )
 async def request_command(
     body: CommandIn, request: Request, conn: Conn, now: Now, who: Operators, idempotency_key: IdempotencyKey

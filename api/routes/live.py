@@ -28,6 +28,7 @@ async def stream(
     _: Readers,
     account_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     meter_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    command_id: Annotated[int | None, Query(ge=1, le=2**62, description="only this command's state changes")] = None,
     max_seconds: Annotated[float | None, Query(gt=0, le=86400, description="close the stream after this")] = None,
 ) -> StreamingResponse:
     hub: EventHub = request.app.state.hub
@@ -38,6 +39,7 @@ async def stream(
         sub,
         account_id=account_id,
         meter_id=meter_id,
+        command_id=command_id,
         keepalive_s=settings.api_sse_keepalive_s,
         max_seconds=max_seconds,
     )

@@ -94,7 +94,7 @@ async def get_meter(meter_id: str, conn: Conn, _: Readers) -> Any:
 @router.post(
     "/meters/{meter_id}/billing-hold/resolve",
     response_model=HoldResolution,
-    summary="Clear a meter's billing hold (after a reset or spike); billing resumes from the next reading",
+    summary="Clear a meter's billing hold (reset or spike); the reading that caused it becomes the new baseline",
 )
 async def resolve_billing_hold(
     meter_id: str, conn: Conn, now: Now, who: Operators, body: HoldResolveIn | None = None

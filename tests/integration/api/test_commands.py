@@ -117,3 +117,21 @@ async def test_explain_and_policy(client: httpx.AsyncClient, keys: Keys) -> None
     )
     assert looser.status_code == 422, looser.text
     assert looser.headers["content-type"] == "application/problem+json"
+
+
+async def test_cancel_in_terminal_state_is_409(client: httpx.AsyncClient, keys: Keys) -> None:
+    r = await client.post(
+        "/v1/commands", json=_cmd("read_now"), headers={**keys.headers("operator"), "Idempotency-Key": "c-1"}
+    )
+    cid = r.json()["id"]
+    first = await client.post(f"/v1/commands/{cid}/cancel", json={"reason": "x"}, headers=keys.headers("approver"))
+    assert first.status_code == 200 and first.json()["state"] == "cancelled"
+    second = await client.post(f"/v1/commands/{cid}/cancel", json={"reason": "x"}, headers=keys.headers("operator"))
+    assert second.status_code == 409, second.text
+    assert second.json()["code"] == "transition-error"
+    missing = await client.post(
+        "/v1/topups/reversals",
+        json={"channel": "bank", "reference": "never", "reason": "x"},
+        headers={**keys.headers("integrator"), "Idempotency-Key": "rv"},
+    )
+    assert missing.status_code == 404, missing.text
