@@ -134,6 +134,7 @@ class FleetDriver:
         self.held: dict[str, Outgoing] = {}
         self.seq = itertools.count()
         self.counters = Counters()
+        self._uplink_down: np.ndarray | None = None
 
     # ------------------------------------------------------------------ ticks
     def at(self, k: int) -> datetime:
@@ -203,6 +204,19 @@ class FleetDriver:
             events = self.pending_events.pop(i, None)
             if events:
                 self._emit(self._events_message(i, events), out)
+
+    def set_uplink(self, up: bool, now: datetime) -> None:
+        """The broker went away (``up=False``) or came back: every MQTT meter that was reachable
+        keeps its readings meanwhile, exactly as in an offline period, and sends the backlog
+        when the broker is back (at the next tick)."""
+        if not up and self._uplink_down is None:
+            hit = self.mqtt & ~self.offline
+            self._uplink_down = np.flatnonzero(hit)
+            self.offline[hit] = True
+            self.offline_until[hit] = np.inf
+        elif up and self._uplink_down is not None:
+            self.offline_until[self._uplink_down] = now.timestamp()
+            self._uplink_down = None
 
     def _sample(self, idx: np.ndarray, t: datetime, out: list[Outgoing]) -> None:
         """Sample the meters ``idx`` at ``t`` and send what is due.

@@ -115,6 +115,7 @@ class Simulation:
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._slow_logged = False
+        self._uplink_down = False
 
     def _tick_clock(self, clock: Clock | None) -> TickClock:
         """Unpaced (speed 0) from start or now; else a shared accelerated clock; else start/speed."""
@@ -230,6 +231,11 @@ class Simulation:
                             await stop.wait()
                     if stop.is_set():
                         break
+            if self.link is not None and (not self.link.connected) != self._uplink_down:
+                self._uplink_down = not self._uplink_down
+                what = "lost: meters keep their readings" if self._uplink_down else "back: meters send their backlog"
+                logger.warning("MQTT broker %s", what)
+                self.driver.set_uplink(not self._uplink_down, self.driver.model_time())
             out = self.driver.tick(self.tick)
             self.tick += 1
             self._publish(out)

@@ -187,3 +187,18 @@ def test_per_day_faults_reset_spike_power() -> None:
     assert d.model.import_wh[0] < 100 and d.model.import_wh[1] > 1e6
     events = {b["meter"]: [e["kind"] for e in b["events"]] for b in bodies(out, "/events")}
     assert events == {"P": ["power_fail"], "X": ["cover_open", "tamper"]}
+
+
+def test_broker_outage_keeps_readings_and_sends_the_backlog() -> None:
+    d = make([MeterSpec("M-1"), MeterSpec("C-1", reporting=Reporting.CONCENTRATOR, concentrator="DC")])
+    run(d, 15)
+    d.set_uplink(False, d.model_time())
+    assert bodies(run(d, 60, 15), "/readings") == []
+    d.set_uplink(True, d.model_time())
+    out = run(d, 1, 75)
+    (block,) = bodies(out, "M-1/readings")
+    assert len(block["readings"]) == 4  # 00:30 .. 01:15 kept while the broker was away
+    assert bodies(out, "/events") == []
+    out = run(d, 15, 76)
+    (batch,) = bodies(out, "DC/readings")
+    assert len(batch["meters"][0]["readings"]) == 5  # the concentrator's backlog rides in its next batch
