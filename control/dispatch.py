@@ -21,9 +21,13 @@ is not offered (``meters.supports_load_limit`` false). Third-party errors are tr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -103,8 +107,17 @@ class MqttTransport:
         prefix: str,
         loop: asyncio.AbstractEventLoop,
         on_state: Callable[[str, dict[str, Any]], None] | None = None,
+        publisher: mqtt.Client | None = None,
+        state_wait_s: float = 0.5,
     ) -> None:
         self._client = client
+        # Commands may leave on a connection of their own: the broker then never queues an ack
+        # behind its PUBACK to us (Nagle on the broker side costs ~40 ms per round trip).
+        self._publisher = publisher or client
+        self._state_wait_s = state_wait_s
+        self._sent_at: dict[str, float] = {}
+        self._states: dict[str, tuple[float, str]] = {}
+        self._state_waiters: dict[str, list[asyncio.Future[str]]] = {}
         self._prefix = prefix
         self._loop = loop
         self._on_state = on_state
@@ -116,6 +129,7 @@ class MqttTransport:
         client.on_connect = self._connected
         client.on_subscribe = self._suback
         if client.is_connected():
+            no_delay(client)
             self._subscribe()
 
     def _subscribe(self) -> None:
@@ -128,6 +142,7 @@ class MqttTransport:
 
     def _connected(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
         if not reason.is_failure:
+            no_delay(client)
             self._subscribe()
 
     def _suback(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any = None) -> None:
@@ -160,9 +175,18 @@ class MqttTransport:
                 fut = self._pending.get(str(body.get("id")))
             if fut is not None:
                 self._loop.call_soon_threadsafe(_resolve, fut, ack)
-        elif kind == "state" and self._on_state is not None:
-            callback = self._on_state
-            self._loop.call_soon_threadsafe(callback, meter_id, body)
+        elif kind == "state":
+            relay = body.get("relay")
+            if isinstance(relay, str):
+                self._loop.call_soon_threadsafe(self._state_report, meter_id, relay)
+            if self._on_state is not None:
+                self._loop.call_soon_threadsafe(self._on_state, meter_id, body)
+
+    def _state_report(self, meter_id: str, relay: str) -> None:
+        self._states[meter_id] = (time.monotonic(), relay)
+        for fut in self._state_waiters.pop(meter_id, []):
+            if not fut.done():
+                fut.set_result(relay)
 
     async def _request(self, meter_id: str, payload: dict[str, Any], timeout_s: float) -> Ack:
         fut: asyncio.Future[Ack] = self._loop.create_future()
@@ -170,7 +194,9 @@ class MqttTransport:
         with self._lock:
             self._pending[cid] = fut
         try:
-            info = self._client.publish(f"{self._prefix}/v1/meters/{meter_id}/cmd", json.dumps(payload), qos=1)
+            self._sent_at[meter_id] = time.monotonic()
+            topic = f"{self._prefix}/v1/meters/{meter_id}/cmd"
+            info = self._publisher.publish(topic, json.dumps(payload), qos=1)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 raise DispatchError(f"publish to {meter_id} failed: {mqtt.error_string(info.rc)}")
             try:
@@ -185,11 +211,36 @@ class MqttTransport:
         return await self._request(meter.meter_id, command_payload(cmd), timeout_s)
 
     async def read_relay(self, meter: MeterAddress, timeout_s: float) -> str | None:
-        import uuid
-
+        """The relay as the meter reports it *after* our last command: its own state report
+        (published after every relay change) when one arrives, else a ``status`` request."""
+        meter_id = meter.meter_id
+        sent = self._sent_at.get(meter_id)
+        known = self._states.get(meter_id)
+        if sent is not None and known is not None and known[0] >= sent:
+            return known[1]
+        if sent is not None and self._state_wait_s > 0:
+            fut: asyncio.Future[str] = self._loop.create_future()
+            self._state_waiters.setdefault(meter_id, []).append(fut)
+            try:
+                return await asyncio.wait_for(fut, min(self._state_wait_s, timeout_s))
+            except TimeoutError:
+                pass
+            finally:
+                waiters = self._state_waiters.get(meter_id, [])
+                if fut in waiters:
+                    waiters.remove(fut)
         status = Outgoing(str(uuid.uuid4()), "status", datetime.now(UTC), None)
         ack = await self._request(meter.meter_id, command_payload(status), timeout_s)
         return ack.relay if ack.status == "ok" else None
+
+
+def no_delay(client: mqtt.Client) -> None:
+    """Disable Nagle on the client's socket: a command written right after a PUBACK would
+    otherwise wait for the broker's delayed ACK (~40 ms on Linux) before leaving."""
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _resolve(fut: asyncio.Future[Ack], ack: Ack) -> None:

@@ -440,7 +440,8 @@ class Engine:
             return
         async with conn.transaction():
             policy = await self._policy(conn, site, now)
-            facts = await store.load_facts(conn, site, now, policy, await self._request_for(conn, command))
+            request = await self._request_for(conn, command)
+            facts = await store.load_facts(conn, site, now, policy, request, command.action)
         decision = decide(facts, policy, now, command.action)
         if isinstance(decision, Allowed):
             await self._send(conn, command, meter, decision.action, policy, now, decision.notes)

@@ -48,7 +48,7 @@ async def explain(conn: Conn, account_id: str, now: datetime, action: str = "dis
         if site is None:
             raise ControlError(f"account {account_id} has no meter")
         policy = await _policy_for(conn, site, now)
-        facts = await store.load_facts(conn, site, now, policy, Request())
+        facts = await store.load_facts(conn, site, now, policy, Request(), action)
     return Explanation(
         account_id,
         action,

@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from psycopg_pool import AsyncConnectionPool
 
 from control import store
-from control.dispatch import ModbusTransport, MqttTransport, Transport
+from control.dispatch import ModbusTransport, MqttTransport, Transport, no_delay
 from control.engine import Engine, EngineSettings
 from control.settings import ControlSettings
 from headend.clock import Clock, clock_from_env
@@ -48,16 +48,20 @@ async def run(settings: ControlSettings, clock: Clock, started: asyncio.Event | 
         kwargs={"autocommit": True},
     )
     await pool.open(wait=True, timeout=30)
+    store.prepaid_credit_facts()  # import prepaid's facts reader now, not on the first top-up
     loop = asyncio.get_running_loop()
     states: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=10_000)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.control_worker_id)
     client.reconnect_delay_set(1, 30)
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.control_worker_id + "-cmd")
+    publisher.reconnect_delay_set(1, 30)
+    publisher.on_connect = lambda c, u, f, rc, p=None: no_delay(c)
 
     def on_state(meter_id: str, body: dict[str, Any]) -> None:
         with contextlib.suppress(asyncio.QueueFull):
             states.put_nowait((meter_id, body))
 
-    mqtt_transport = MqttTransport(client, settings.mqtt_prefix, loop, on_state=on_state)
+    mqtt_transport = MqttTransport(client, settings.mqtt_prefix, loop, on_state=on_state, publisher=publisher)
     modbus = ModbusTransport()
     transports: dict[str, Transport] = {"mqtt": mqtt_transport, "modbus": modbus}
     engine = Engine(
@@ -73,8 +77,9 @@ async def run(settings: ControlSettings, clock: Clock, started: asyncio.Event | 
             batch=settings.control_batch,
         ),
     )
-    client.connect_async(settings.mqtt_host, settings.mqtt_port, keepalive=30)
-    client.loop_start()
+    for c in (client, publisher):
+        c.connect_async(settings.mqtt_host, settings.mqtt_port, keepalive=30)
+        c.loop_start()
     wake_events = asyncio.Event()
     wake_dispatch = asyncio.Event()
     try:
@@ -94,8 +99,9 @@ async def run(settings: ControlSettings, clock: Clock, started: asyncio.Event | 
             if started is not None:
                 started.set()
     finally:
-        client.loop_stop()
-        client.disconnect()
+        for c in (client, publisher):
+            c.loop_stop()
+            c.disconnect()
         modbus.close()
         await pool.close()
 

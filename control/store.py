@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 import psycopg
@@ -25,7 +26,7 @@ from psycopg.rows import dict_row
 from control.errors import CommandNotFound
 from control.ladder import ProtectionRow, effective_protections
 from control.lifecycle import next_state
-from control.models import Facts, Notice, Request, Weather
+from control.models import SUPPLY_ON_ACTIONS, Facts, Notice, Request, Weather
 from control.policy import Policy, load_profile_document, parse_policy, profile_names
 
 Conn = psycopg.AsyncConnection[Any]
@@ -129,10 +130,16 @@ async def policies_in_force(conn: Conn, now: datetime) -> dict[str, Policy]:
     )
     out: dict[str, Policy] = {}
     for profile, version, document in await cur.fetchall():
-        effective = dict(document["effective"])
-        effective["version"] = version
-        out[profile] = parse_policy(effective)
+        out[profile] = _parsed(json.dumps(document["effective"], sort_keys=True), int(version))
     return out
+
+
+@lru_cache(maxsize=128)
+def _parsed(effective_json: str, version: int) -> Policy:
+    """Versions are never edited, so a parsed version can be reused (the hot path parses none)."""
+    effective = json.loads(effective_json)
+    effective["version"] = version
+    return parse_policy(effective)
 
 
 async def policy_versions(conn: Conn, profile: str) -> list[dict[str, Any]]:
@@ -199,6 +206,17 @@ def _notice(row: tuple[Any, ...] | None) -> Notice | None:
     return Notice("pending")
 
 
+@lru_cache(maxsize=1)
+def prepaid_credit_facts() -> Any:
+    """prepaid.operations.credit_facts, imported once (the service warms this up at start:
+    the import costs about a second and must not land on the first top-up's path)."""
+    try:
+        prepaid_ops: Any = importlib.import_module("prepaid.operations")
+    except ImportError:
+        return None
+    return getattr(prepaid_ops, "credit_facts", None)
+
+
 async def _credit(conn: Conn, site: Site, now: datetime) -> tuple[int | None, bool | None, bool | None, bool | None]:
     """(available credit, exhausted, installment plan in good standing, only previous occupant's debt).
 
@@ -207,11 +225,7 @@ async def _credit(conn: Conn, site: Site, now: datetime) -> tuple[int | None, bo
     credit_restored is credit_exhausted. A previous occupant's debt stays on the closed
     account, so the open account's own balance carries none of it.
     """
-    try:
-        prepaid_ops: Any = importlib.import_module("prepaid.operations")
-    except ImportError:
-        prepaid_ops = None
-    credit_facts = getattr(prepaid_ops, "credit_facts", None)
+    credit_facts = prepaid_credit_facts()
     if credit_facts is not None:
         try:
             cf = credit_facts(conn, site.account_id, now)
@@ -253,17 +267,15 @@ async def _credit(conn: Conn, site: Site, now: datetime) -> tuple[int | None, bo
     return site.balance_minor, exhausted, plan, False
 
 
-async def load_facts(conn: Conn, site: Site, now: datetime, policy: Policy | None, request: Request) -> Facts:
+async def load_facts(
+    conn: Conn, site: Site, now: datetime, policy: Policy | None, request: Request, action: str = "disconnect"
+) -> Facts:
+    """Facts for ``action``. Supply-on actions read only what their guard reads (credit,
+    protections, disputes, the feeder's reconnect rate): the top-up -> reconnect path is hot."""
     available, exhausted, plan, prev_only = await _credit(conn, site, now)
-    cur = await conn.execute(
-        "select kind, valid_until, revoked_at, reviewed_by from protections where account_id = %s and valid_from <= %s",
-        (site.account_id, now),
-    )
-    protections = effective_protections([ProtectionRow(*r) for r in await cur.fetchall()], now)
-    cur = await conn.execute(
-        "select exists (select 1 from disputes where account_id = %s and closed_at is null)", (site.account_id,)
-    )
-    dispute = await cur.fetchone()
+    if action in SUPPLY_ON_ACTIONS:
+        return await _supply_on_facts(conn, site, now, policy, request, available, exhausted)
+    protections, dispute_open = await _protections_and_dispute(conn, site.account_id, now)
     notice = reminder = None
     cur = await conn.execute(
         "select notice_id, reminder_id from disconnect_plans where account_id = %s and state = 'open'",
@@ -315,7 +327,7 @@ async def load_facts(conn: Conn, site: Site, now: datetime, policy: Policy | Non
         available_credit_minor=available,
         credit_exhausted=exhausted,
         protections=protections,
-        dispute_open=bool(dispute[0]) if dispute else None,
+        dispute_open=dispute_open,
         previous_occupant_debt_only=prev_only,
         installment_plan_good_standing=plan,
         notice=notice,
@@ -330,6 +342,57 @@ async def load_facts(conn: Conn, site: Site, now: datetime, policy: Policy | Non
         feeder_recent_disconnects=recent_off,
         feeder_recent_reconnects=recent_on,
         kill_switch=bool(ks[0]) if ks else None,
+        request=request,
+    )
+
+
+async def _protections_and_dispute(conn: Conn, account_id: str, now: datetime) -> tuple[frozenset[str], bool | None]:
+    cur = await conn.execute(
+        "select kind, valid_until, revoked_at, reviewed_by from protections where account_id = %s and valid_from <= %s",
+        (account_id, now),
+    )
+    protections = effective_protections([ProtectionRow(*r) for r in await cur.fetchall()], now)
+    cur = await conn.execute(
+        "select exists (select 1 from disputes where account_id = %s and closed_at is null)", (account_id,)
+    )
+    dispute = await cur.fetchone()
+    return protections, bool(dispute[0]) if dispute else None
+
+
+async def _supply_on_facts(
+    conn: Conn,
+    site: Site,
+    now: datetime,
+    policy: Policy | None,
+    request: Request,
+    available: int | None,
+    exhausted: bool | None,
+) -> Facts:
+    protections, dispute = await _protections_and_dispute(conn, site.account_id, now)
+    _, recent_on = await feeder_recent(conn, site.feeder, now, policy)
+    return Facts(
+        account_id=site.account_id,
+        meter_id=site.meter_id,
+        feeder=site.feeder,
+        timezone=site.timezone,
+        account_class=site.account_class,
+        available_credit_minor=available,
+        credit_exhausted=exhausted,
+        protections=protections,
+        dispute_open=dispute,
+        previous_occupant_debt_only=None,
+        installment_plan_good_standing=None,
+        notice=None,
+        final_reminder=None,
+        weather=None,
+        channels_degraded=None,
+        channels_healthy_since=None,
+        last_reading_at=None,
+        relay_state=site.relay_state,
+        supports_load_limit=site.supports_load_limit,
+        load_limited_since=None,
+        feeder_recent_reconnects=recent_on,
+        kill_switch=None,
         request=request,
     )
 

@@ -24,6 +24,7 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 from psycopg_pool import AsyncConnectionPool
 
+from control.dispatch import no_delay
 from headend import registry
 
 NEXT_STATE = {
@@ -62,9 +63,13 @@ class FakeMeter:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"meter-{uuid.uuid4().hex[:8]}")
-        self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(self._topic("cmd"), qos=1)
+        self.client.on_connect = self._connected
         self.client.on_subscribe = lambda c, u, mid, rc, p=None: self._ready.set()
         self.client.on_message = self._message
+
+    def _connected(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        no_delay(client)  # a real meter's TCP stack is its own business; the test's should not add 40 ms
+        client.subscribe(self._topic("cmd"), qos=1)
 
     def _topic(self, kind: str) -> str:
         return f"{self.prefix}/v1/meters/{self.meter_id}/{kind}"
