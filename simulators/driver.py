@@ -424,6 +424,18 @@ class FleetDriver:
             self._device_relay(i, now, out)
         return out
 
+    def reject_command(self, meter_id: str, command_id: str, reason: str, now: datetime) -> list[Outgoing]:
+        """Answer a command the meter cannot understand (unknown action, bad version...)."""
+        i = self.model.index.get(meter_id)
+        self.counters.commands += 1
+        if i is None or not self.mqtt[i] or self.offline[i] or not self.model.powered[i]:
+            self.counters.commands_ignored += 1
+            return []
+        payload = formats.native_ack(command_id, AckStatus.REJECTED, self.model.relay_state(i), now, reason)
+        out: list[Outgoing] = []
+        self._push(Outgoing(self.topics.meter(meter_id, "ack"), payload, 1, i, "ack"), out)
+        return out
+
     def _sample_now(self, i: int, now: datetime) -> Sample:
         v = self.model.values(i)
         skew = float(self.faults.skew_s[i])

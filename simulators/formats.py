@@ -142,6 +142,16 @@ def _skewed(ts: datetime, skew_s: float) -> datetime:
     return ts + timedelta(seconds=skew_s) if skew_s else ts
 
 
+def command_id_of(payload: bytes) -> str | None:
+    """The correlation id of a command that could not be understood otherwise (to reject it)."""
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    command_id = body.get("id") if isinstance(body, dict) else None
+    return command_id if isinstance(command_id, str) and command_id else None
+
+
 def decode_command(meter_id: str, payload: bytes) -> Command | str:
     """A command addressed to ``meter_id`` (§1.4), or the reason it cannot be understood."""
     try:

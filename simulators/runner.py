@@ -263,6 +263,9 @@ class Simulation:
             cmd = formats.decode_command(meter_id, payload)
             if isinstance(cmd, str):
                 logger.warning("meter %s: unreadable command (%s): %r", meter_id, cmd, payload[:200])
+                command_id = formats.command_id_of(payload)
+                if command_id is not None:
+                    self._publish(self.driver.reject_command(meter_id, command_id, cmd, self.sim_now()))
                 continue
             self._publish(self.driver.handle_command(cmd, self.sim_now()))
 

@@ -202,3 +202,21 @@ def test_broker_outage_keeps_readings_and_sends_the_backlog() -> None:
     out = run(d, 15, 76)
     (batch,) = bodies(out, "DC/readings")
     assert len(batch["meters"][0]["readings"]) == 5  # the concentrator's backlog rides in its next batch
+
+
+def test_unreadable_commands_with_an_id_are_rejected() -> None:
+    from simulators.formats import command_id_of
+
+    d = make([MeterSpec("M-1")])
+    payload = b'{"v":1,"id":"q-9","action":"explode"}'
+    reason = decode_command("M-1", payload)
+    assert reason == "unknown_action" and command_id_of(payload) == "q-9" and command_id_of(b"[]") is None
+    (ack,) = bodies(d.reject_command("M-1", "q-9", reason, T0), "/ack")
+    assert ack == {
+        "v": 1,
+        "id": "q-9",
+        "status": "rejected",
+        "relay": "connected",
+        "ts": "2026-11-30T00:00:00Z",
+        "reason": "unknown_action",
+    }
