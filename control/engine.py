@@ -666,8 +666,18 @@ class Engine:
                     await self._retry_or_unknown(conn, command, error or "no ack", None)
             return
         if ack is not None and ack.status == "rejected":
-            await self._rejected(conn, command, ack)
-            return
+            if ack.reason == "expired":
+                # The meter saw it too late: never re-sent as is; a disconnect gets a new command.
+                async with conn.transaction():
+                    await store.transition(conn, command, "expire", self._now(), last_error="meter: expired")
+                if command.action in SUPPLY_OFF_ACTIONS:
+                    await self._replace(conn, command, self._now())
+                return
+            if ack.relay not in TARGET_RELAY.get(command.action, ()):
+                await self._rejected(conn, command, ack)
+                return
+            # Rejected because it is already in the target state (e.g. invalid_state): the
+            # read-back below decides.
         relay = read_back
         if relay is None and transport is not None:
             try:
