@@ -107,6 +107,7 @@ class FleetDriver:
         self.mqtt = self.kind != _MODBUS
         for hit in np.flatnonzero(faults.load_side_voltage).tolist():
             model.set_load_side_voltage(hit, True)
+        model.keep_power |= faults.keep_power
         by_interval: dict[int, list[int]] = defaultdict(list)
         for i, s in enumerate(self.specs):
             if s.interval_s % step_s:

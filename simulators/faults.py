@@ -11,6 +11,7 @@ Rates (``FaultRates``; every field defaults to 0 = off):
 | garbage payload   | garbage                           | probability per message                  |
 | clock skew        | clock_skew, clock_skew_max_s      | share of meters; skew uniform in +-max   |
 | load-side voltage | load_side_voltage                 | share of meters (closing is refused)     |
+| keep-power mode   | keep_power                        | share of meters (trips are refused)      |
 | offline + backlog | offline, offline_s                | per meter per simulated day; duration    |
 | register reset    | register_reset                    | per meter per day (meter replaced, ~0)   |
 | spike             | spike, spike_wh                   | per meter per day; register jumps        |
@@ -56,6 +57,7 @@ class FaultRates:
     clock_skew: float = 0.0
     clock_skew_max_s: float = 900.0
     load_side_voltage: float = 0.0
+    keep_power: float = 0.0
     offline: float = 0.0
     offline_s: float = 6 * 3600.0
     register_reset: float = 0.0
@@ -156,6 +158,7 @@ class Faults:
         skewed = self.rng.random(n) < self._rates["clock_skew"]
         self.skew_s = np.where(skewed, np.rint(self.rng.uniform(-1, 1, n) * self._rates["clock_skew_max_s"]), 0.0)
         self.load_side_voltage = self.rng.random(n) < self._rates["load_side_voltage"]
+        self.keep_power = self.rng.random(n) < self._rates["keep_power"]
 
     def rate(self, name: str, i: int) -> float:
         return float(self._rates[name][i])

@@ -149,7 +149,7 @@ def test_per_meter_override_and_seeded() -> None:
 
 
 def test_relay_faults_and_load_side_voltage() -> None:
-    specs = [MeterSpec("F"), MeterSpec("W"), MeterSpec("V"), MeterSpec("Q")]
+    specs = [MeterSpec("F"), MeterSpec("W"), MeterSpec("V"), MeterSpec("Q"), MeterSpec("K")]
     plan = FaultPlan(
         FaultRates(),
         {
@@ -157,6 +157,7 @@ def test_relay_faults_and_load_side_voltage() -> None:
             "W": FaultRates(wrong_state=1.0),
             "V": FaultRates(load_side_voltage=1.0),
             "Q": FaultRates(ack_missing=1.0),
+            "K": FaultRates(keep_power=1.0),
         },
     )
     d = make(specs, plan)
@@ -169,6 +170,8 @@ def test_relay_faults_and_load_side_voltage() -> None:
     assert ack["status"] == "rejected" and ack["reason"] == "load_side_voltage"
     out = d.handle_command(Command("Q", "5", Action.DISCONNECT, {}), T0)
     assert bodies(out, "/ack") == [] and d.model.relay[3] == 1
+    ack = bodies(d.handle_command(Command("K", "6", Action.DISCONNECT, {}), T0), "/ack")[0]
+    assert ack["status"] == "rejected" and ack["reason"] == "keep_power_mode" and d.model.relay[4] == 0
 
 
 def test_per_day_faults_reset_spike_power() -> None:
