@@ -1,8 +1,14 @@
-"""Billing of one meter's batch of register readings: a pure function of values.
+"""Billing of meters' batches of register readings: pure functions of values.
 
-``bill_meter(state, readings, ...)`` takes the meter's billing state and a batch of
-(ts, register Wh) readings of 1-0:1.8.0 and returns the priced complete intervals,
-the debit to post (rounded once, remainder carried) and the new state.
+Two phases, so that pricing is vectorised over every meter of a batch:
+
+1. ``advance_meter(state, readings, spec)`` (per meter, integer arithmetic): the
+   advances between consecutive readings, allocated to the complete intervals they
+   cover, plus the new watermark;
+2. ``bill_many(items, versions, calendar)`` prices the complete intervals of all the
+   meters that share a tariff and a calendar with one numpy pass
+   (pricing.price_many), then rounds each meter's charge once with its carried
+   remainder. ``bill_meter`` is the one-meter form.
 
 Exactly once per (meter, interval):
 - a watermark (``last_ts``) moves forward only: a reading at or before it was
@@ -20,14 +26,14 @@ and the energy across the reset is not billed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from headend.registers import AdvanceKind, advance_wh, is_spike
 from prepaid import money
 from prepaid.localtime import LocalCalendar
-from prepaid.pricing import INTERVAL_S, Priced, TierState, allocate, price
+from prepaid.pricing import I64, INTERVAL_S, Priced, TierState, allocate, price_many
 from prepaid.tariffs import Version
 
 
@@ -53,6 +59,18 @@ class MeterSpec:
 
 
 @dataclass(frozen=True)
+class Advanced:
+    """Phase 1 of one meter: complete intervals and the state after (tier/residual unchanged)."""
+
+    starts: list[int]
+    energy: list[int]
+    state: MeterState
+    hold: str | None
+    hold_ts_s: int | None
+    energy_wh: int
+
+
+@dataclass(frozen=True)
 class MeterBill:
     priced: Priced
     debit_minor: int  # >= 0, to be posted as a negative ledger amount
@@ -64,15 +82,22 @@ class MeterBill:
     period_end_s: int | None
 
 
-def bill_meter(
+def _split(energy: int, start: int, end: int, interval_s: int) -> tuple[list[int], list[int]]:
+    """allocate() with a fast path for an advance inside one interval."""
+    first = start - start % interval_s
+    if end <= first + interval_s:
+        return [first], [energy]
+    starts, parts = allocate(energy, start, end, interval_s)
+    return starts.tolist(), parts.tolist()
+
+
+def advance_meter(
     state: MeterState,
     readings: list[tuple[int, float]],
-    versions: list[Version],
-    calendar: LocalCalendar,
     spec: MeterSpec = MeterSpec(),
     interval_s: int = INTERVAL_S,
-) -> MeterBill:
-    """Bill a batch of (epoch seconds, register Wh) readings of one meter."""
+) -> Advanced:
+    """Allocate a batch of (epoch seconds, register Wh) readings of one meter to intervals."""
     by_ts: dict[int, int] = {}
     for ts, value in readings:
         by_ts.setdefault(int(ts), round(value))
@@ -81,8 +106,8 @@ def bill_meter(
     last_ts, last_reg = state.last_ts_s, state.last_register_wh
     rebaseline = state.rebaseline_at_s
     pend_start, pend_wh = state.pending_start_s, state.pending_wh
-    parts_s: list[np.ndarray] = []
-    parts_e: list[np.ndarray] = []
+    out_s: list[int] = []
+    out_e: list[int] = []
     total_energy = 0
     for ts in sorted(by_ts):
         reg = by_ts[ts]
@@ -100,44 +125,88 @@ def bill_meter(
             hold, hold_ts = "energy_spike", ts
             break
         energy = round(adv.energy_wh)
-        starts, wh = allocate(energy, last_ts, ts, interval_s)
+        starts, wh = _split(energy, last_ts, ts, interval_s)
         if pend_start is not None and pend_wh:
-            if starts[0] == pend_start:
-                wh[0] += pend_wh
-            else:  # the pending interval ended at the previous reading's gap edge
-                starts = np.concatenate(([pend_start], starts))
-                wh = np.concatenate(([pend_wh], wh))
+            # last_ts lies inside the pending interval, so it is the first one here
+            wh[0] += pend_wh
         total_energy += energy
-        complete = starts + interval_s <= ts
-        parts_s.append(starts[complete])
-        parts_e.append(wh[complete])
-        if complete.all():
+        if starts[-1] + interval_s <= ts:
+            out_s += starts
+            out_e += wh
             pend_start, pend_wh = None, 0
         else:
-            pend_start, pend_wh = int(starts[-1]), int(wh[-1])
+            out_s += starts[:-1]
+            out_e += wh[:-1]
+            pend_start, pend_wh = starts[-1], wh[-1]
         last_ts, last_reg = ts, reg
+    new_state = MeterState(
+        last_ts, last_reg, pend_start, pend_wh, state.residual_micro, state.tier, rebaseline
+    )  # plain construction: dataclasses.replace is slow on the hot path
+    return Advanced(out_s, out_e, new_state, hold, hold_ts, total_energy)
 
-    starts_all = np.concatenate(parts_s) if parts_s else np.zeros(0, np.int64)
-    energy_all = np.concatenate(parts_e) if parts_e else np.zeros(0, np.int64)
-    priced, tier = price(versions, calendar, starts_all, energy_all, state.tier)
-    debit, residual = money.post_with_carry(state.residual_micro, priced.total_micro)
-    new_state = replace(
-        state,
-        last_ts_s=last_ts,
-        last_register_wh=last_reg,
-        pending_start_s=pend_start,
-        pending_wh=pend_wh,
-        residual_micro=residual,
-        tier=tier,
-        rebaseline_at_s=rebaseline,
-    )
-    return MeterBill(
-        priced=priced,
-        debit_minor=debit,
-        state=new_state,
-        hold=hold,
-        hold_ts_s=hold_ts,
-        energy_wh=total_energy,
-        period_start_s=int(starts_all[0]) if starts_all.size else None,
-        period_end_s=int(starts_all[-1]) + interval_s if starts_all.size else None,
-    )
+
+def bill_many(
+    items: list[tuple[MeterState, list[tuple[int, float]], MeterSpec]],
+    versions: list[Version],
+    calendar: LocalCalendar,
+    interval_s: int = INTERVAL_S,
+) -> tuple[list[MeterBill], Priced, I64]:
+    """Bill several meters that share tariff versions and calendar; one numpy pricing pass.
+
+    Returns each meter's bill, and all priced rows with their owner (index into items).
+    """
+    advanced = [advance_meter(st, rs, spec, interval_s) for st, rs, spec in items]
+    owner = np.repeat(np.arange(len(items), dtype=np.int64), [len(a.starts) for a in advanced])
+    starts = np.fromiter((s for a in advanced for s in a.starts), np.int64, count=owner.size)
+    energy = np.fromiter((e for a in advanced for e in a.energy), np.int64, count=owner.size)
+    priced, row_owner, tiers = price_many(versions, calendar, owner, starts, energy, [st.tier for st, _, _ in items])
+    bounds = np.searchsorted(row_owner, np.arange(len(items) + 1, dtype=np.int64))
+    sums = np.zeros(len(items), np.int64)
+    np.add.at(sums, row_owner, priced.amount_micro)  # exact int64 sums per meter
+    bills: list[MeterBill] = []
+    for i, ((state, _, _), adv) in enumerate(zip(items, advanced, strict=True)):
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        debit, residual = money.post_with_carry(state.residual_micro, int(sums[i]))
+        mine = Priced(
+            priced.start_s[lo:hi],
+            priced.energy_wh[lo:hi],
+            priced.rate_micro[lo:hi],
+            priced.amount_micro[lo:hi],
+            priced.label[lo:hi],
+            priced.block[lo:hi],
+            priced.version_from_s[lo:hi],
+        )
+        bills.append(
+            MeterBill(
+                priced=mine,
+                debit_minor=debit,
+                state=MeterState(
+                    adv.state.last_ts_s,
+                    adv.state.last_register_wh,
+                    adv.state.pending_start_s,
+                    adv.state.pending_wh,
+                    residual,
+                    tiers[i],
+                    adv.state.rebaseline_at_s,
+                ),
+                hold=adv.hold,
+                hold_ts_s=adv.hold_ts_s,
+                energy_wh=adv.energy_wh,
+                period_start_s=adv.starts[0] if adv.starts else None,
+                period_end_s=adv.starts[-1] + interval_s if adv.starts else None,
+            )
+        )
+    return bills, priced, row_owner
+
+
+def bill_meter(
+    state: MeterState,
+    readings: list[tuple[int, float]],
+    versions: list[Version],
+    calendar: LocalCalendar,
+    spec: MeterSpec = MeterSpec(),
+    interval_s: int = INTERVAL_S,
+) -> MeterBill:
+    """Bill a batch of (epoch seconds, register Wh) readings of one meter."""
+    bills, _, _ = bill_many([(state, readings, spec)], versions, calendar, interval_s)
+    return bills[0]

@@ -25,7 +25,7 @@ left fall below ``days_left_warning`` (re-armed one day above).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, time
 from decimal import ROUND_FLOOR, Decimal
 from enum import StrEnum
@@ -206,7 +206,7 @@ def _warnings(
             days_warned = True
             if not rising:
                 warnings.append(Warning_("days_left", days_left=left))
-    return replace(state, low_fired=frozenset(fired), days_warned=days_warned), warnings
+    return CreditState(state.state, frozenset(fired), days_warned, state.daily_use_minor), warnings
 
 
 def on_balance(
@@ -220,7 +220,8 @@ def on_balance(
     """The credit state, events and warnings after a balance change (or a tick when equal)."""
     rising = balance_after > balance_before
     st, events = _state_events(state.state, balance_after, policy, friendly, rising)
-    new, warnings = _warnings(replace(state, state=st), balance_after, policy, balance_after >= balance_before)
+    moved = CreditState(st, state.low_fired, state.days_warned, state.daily_use_minor)
+    new, warnings = _warnings(moved, balance_after, policy, balance_after >= balance_before)
     if warnings:
         events.append("low_credit")
     return CreditOutcome(new, events, warnings)

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-from prepaid import billing
+from prepaid import billing, store
 from prepaid.errors import TariffError
 from prepaid.posting import Posting, calendar_for, post_entries
 from prepaid.pricing import INTERVAL_S, TierState
@@ -60,6 +61,15 @@ class VersionCache:
                 self._compiled[key] = compile_version(effective_from, definition)
             out[tariff_id].append(self._compiled[key])
         return out
+
+
+@dataclass(frozen=True)
+class _Item:
+    meter_id: str
+    account_id: str | None
+    state: billing.MeterState
+    readings: list[tuple[int, float]]
+    spec: billing.MeterSpec
 
 
 @dataclass
@@ -108,6 +118,7 @@ async def bill_batch(
         meter_ids = sorted(by_meter)
         await conn.execute(
             "insert into billing_state (meter_id) select m.id from meters m where m.id = any(%s)"
+            " and not exists (select 1 from billing_state b where b.meter_id = m.id)"
             " on conflict (meter_id) do nothing",
             (meter_ids,),
         )
@@ -126,14 +137,18 @@ async def bill_batch(
         unknown = set(meter_ids) - {r[0] for r in rows}
         tariffs = await versions.load(conn, sorted({r[7] for r in rows if r[7]}))
 
-        bills: list[tuple[str, str | None, billing.MeterBill]] = []
         delete_ids: list[int] = [qid for m in unknown for qid, _, _ in by_meter[m]]  # no such meter: drop
         for m in unknown:
             logger.warning("billing_queue rows for unknown meter %s dropped", m)
+        # group meters by (tariff, calendar): each group is priced in one numpy pass
+        groups: dict[tuple[str, str, str, str | None], list[_Item]] = {}
         for r in rows:
             meter_id, account_id, tariff_id = r[0], r[6], r[7]
             if r[5] is not None:
                 continue  # hold set after the claim: leave the rows queued
+            if account_id is not None and not tariff_id:
+                result.holds[meter_id] = "no_tariff"
+                continue
             state = billing.MeterState(
                 last_ts_s=_epoch(r[11]),
                 last_register_wh=r[12],
@@ -144,26 +159,35 @@ async def bill_batch(
                 rebaseline_at_s=_epoch(r[18]),
             )
             spec = billing.MeterSpec(int(r[1]), float(r[2]), float(r[3]), int(r[4]))
-            calendar = calendar_for(r[8] or "UTC", r[9] or "CN", r[10])
-            if account_id is None:
-                vs = NO_ACCOUNT_TARIFF
-            elif not tariff_id:
-                result.holds[meter_id] = "no_tariff"
-                continue
-            else:
-                vs = tariffs.get(tariff_id, [])
             readings = [(ts, value) for _, ts, value in by_meter[meter_id]]
+            key = (tariff_id if account_id is not None else "", r[8] or "UTC", r[9] or "CN", r[10])
+            groups.setdefault(key, []).append(_Item(meter_id, account_id, state, readings, spec))
+
+        bills: list[tuple[str, str | None, billing.MeterBill]] = []
+        for (tariff_id, tz, country, subdiv), items in groups.items():
+            calendar = calendar_for(tz, country, subdiv)
+            vs = tariffs.get(tariff_id, []) if tariff_id else NO_ACCOUNT_TARIFF
             try:
-                bill = billing.bill_meter(state, readings, vs, calendar, spec, interval_s)
-            except TariffError as exc:
-                logger.warning("meter %s: %s; billing held", meter_id, exc)
-                result.holds[meter_id] = "tariff_error"
-                continue
-            if bill.hold is not None:
-                result.holds[meter_id] = bill.hold
-            cutoff = bill.hold_ts_s
-            delete_ids += [qid for qid, ts, _ in by_meter[meter_id] if cutoff is None or ts < cutoff]
-            bills.append((meter_id, account_id, bill))
+                group_bills = billing.bill_many(
+                    [(i.state, i.readings, i.spec) for i in items], vs, calendar, interval_s
+                )[0]
+                billed = list(zip(items, group_bills, strict=True))
+            except TariffError:
+                billed = []
+                for item in items:  # find the meters the tariff cannot price; the others go on
+                    try:
+                        one = billing.bill_meter(item.state, item.readings, vs, calendar, item.spec, interval_s)
+                    except TariffError as exc:
+                        logger.warning("meter %s: %s; billing held", item.meter_id, exc)
+                        result.holds[item.meter_id] = "tariff_error"
+                        continue
+                    billed.append((item, one))
+            for item, bill in billed:
+                if bill.hold is not None:
+                    result.holds[item.meter_id] = bill.hold
+                cutoff = bill.hold_ts_s
+                delete_ids += [qid for qid, ts, _ in by_meter[item.meter_id] if cutoff is None or ts < cutoff]
+                bills.append((item.meter_id, item.account_id, bill))
 
         postings: list[Posting] = []
         posting_of: list[int] = []
@@ -185,51 +209,63 @@ async def bill_batch(
         if postings:
             posted = await post_entries(conn, postings, now)
             result.event_ids = posted.event_ids
-            cols: list[list[Any]] = [[] for _ in range(10)]
-            for i, entry_id in zip(posting_of, posted.entry_ids, strict=True):
-                meter_id, account_id, bill = bills[i]
-                p = bill.priced
-                n = len(p)
-                cols[0] += [meter_id] * n
-                cols[1] += [account_id] * n
-                cols[2] += p.start_s.tolist()
-                cols[3] += p.block.tolist()
-                cols[4] += list(p.label)
-                cols[5] += p.energy_wh.tolist()
-                cols[6] += p.rate_micro.tolist()
-                cols[7] += p.amount_micro.tolist()
-                cols[8] += p.version_from_s.tolist()
-                cols[9] += [entry_id] * n
-                result.intervals += n
-                result.debit_minor += bill.debit_minor
+            posted_bills = [bills[i] for i in posting_of]
+            entry_ids = [e if e is not None else 0 for e in posted.entry_ids]
+            counts = [len(b.priced) for _, _, b in posted_bills]
+            cat = np.concatenate
+            charges = [
+                np.repeat(np.array([m for m, _, _ in posted_bills], dtype=object), counts).tolist(),
+                np.repeat(np.array([a for _, a, _ in posted_bills], dtype=object), counts).tolist(),
+                cat([b.priced.start_s for _, _, b in posted_bills]).tolist(),
+                cat([b.priced.block for _, _, b in posted_bills]).tolist(),
+                [lab for _, _, b in posted_bills for lab in b.priced.label],
+                cat([b.priced.energy_wh for _, _, b in posted_bills]).tolist(),
+                cat([b.priced.rate_micro for _, _, b in posted_bills]).tolist(),
+                cat([b.priced.amount_micro for _, _, b in posted_bills]).tolist(),
+                cat([b.priced.version_from_s for _, _, b in posted_bills]).tolist(),
+                np.repeat(np.array(entry_ids, np.int64), counts).tolist(),
+            ]
+            result.intervals = sum(counts)
+            result.debit_minor = sum(b.debit_minor for _, _, b in posted_bills)
             await conn.execute(
                 "insert into interval_charges (meter_id, account_id, interval_start, block, label, energy_wh,"
                 " rate_micro, amount_micro, tariff_from, ledger_entry_id)"
                 " select u.m, u.a, to_timestamp(u.s), u.b, u.l, u.e, u.r, u.amt, to_timestamp(u.f), u.le"
                 " from unnest(%s::text[], %s::text[], %s::float8[], %s::smallint[], %s::text[], %s::bigint[],"
                 " %s::bigint[], %s::bigint[], %s::float8[], %s::bigint[]) u(m, a, s, b, l, e, r, amt, f, le)",
-                cols,
+                [
+                    store.texts(charges[0]),
+                    store.texts(charges[1]),
+                    store.ints(charges[2]),
+                    store.ints(charges[3]),
+                    store.texts(charges[4]),
+                    store.ints(charges[5]),
+                    store.ints(charges[6]),
+                    store.ints(charges[7]),
+                    store.ints(charges[8]),
+                    store.ints(charges[9]),
+                ],
             )
         if bills:
             st = [b.state for _, _, b in bills]
             await conn.execute(
-                "update billing_state bs set last_ts = u.lt, last_register_wh = u.lr, pending_start = u.ps,"
-                " pending_wh = u.pw, residual_micro = u.rm, tier_period = u.tp, tier_used_wh = u.tu,"
-                " rebaseline_at = u.rb, updated_at = %s"
-                " from unnest(%s::text[], %s::timestamptz[], %s::bigint[], %s::timestamptz[], %s::bigint[],"
-                " %s::bigint[], %s::integer[], %s::bigint[], %s::timestamptz[]) u(m, lt, lr, ps, pw, rm, tp, tu, rb)"
+                "update billing_state bs set last_ts = to_timestamp(u.lt), last_register_wh = u.lr,"
+                " pending_start = to_timestamp(u.ps), pending_wh = u.pw, residual_micro = u.rm,"
+                " tier_period = u.tp, tier_used_wh = u.tu, rebaseline_at = to_timestamp(u.rb), updated_at = %s"
+                " from unnest(%s::text[], %s::float8[], %s::bigint[], %s::float8[], %s::bigint[],"
+                " %s::bigint[], %s::integer[], %s::bigint[], %s::float8[]) u(m, lt, lr, ps, pw, rm, tp, tu, rb)"
                 " where bs.meter_id = u.m",
                 (
                     now,
-                    [m for m, _, _ in bills],
-                    [_ts(s.last_ts_s) for s in st],
-                    [s.last_register_wh for s in st],
-                    [_ts(s.pending_start_s) for s in st],
-                    [s.pending_wh for s in st],
-                    [s.residual_micro for s in st],
-                    [s.tier.period for s in st],
-                    [s.tier.used_wh for s in st],
-                    [_ts(s.rebaseline_at_s) for s in st],
+                    store.texts(m for m, _, _ in bills),
+                    store.ints(s.last_ts_s for s in st),
+                    store.ints(s.last_register_wh for s in st),
+                    store.ints(s.pending_start_s for s in st),
+                    store.ints(s.pending_wh for s in st),
+                    store.ints(s.residual_micro for s in st),
+                    store.ints(s.tier.period for s in st),
+                    store.ints(s.tier.used_wh for s in st),
+                    store.ints(s.rebaseline_at_s for s in st),
                 ),
             )
         if result.holds:
@@ -247,13 +283,13 @@ async def _hold(
     for meter_id, reason in holds.items():
         logger.warning("billing held for meter %s: %s", meter_id, reason)
     await conn.execute(
-        "update meters m set billing_hold = u.r from unnest(%s::text[], %s::text[]) u(id, r)"
+        "update meters m set billing_hold = u.r from unnest(%b::text[], %b::text[]) u(id, r)"
         " where m.id = u.id and m.billing_hold is null",
         (list(holds), list(holds.values())),
     )
     await conn.execute(
         "insert into meter_events (meter_id, ts, kind, detail, source)"
-        " select u.id, u.ts, u.r, %s, 'prepaid' from unnest(%s::text[], %s::timestamptz[], %s::text[]) u(id, ts, r)"
+        " select u.id, u.ts, u.r, %s, 'prepaid' from unnest(%b::text[], %b::timestamptz[], %b::text[]) u(id, ts, r)"
         " on conflict do nothing",
         (
             Jsonb({"detected_by": "prepaid billing"}),

@@ -37,13 +37,15 @@ SIGN_RULES: dict[str, str] = {
 
 
 def _sign_ok(rule: str, amount: int) -> bool:
-    return {
-        "any": True,
-        "le0": amount <= 0,
-        "lt0": amount < 0,
-        "ge0": amount >= 0,
-        "gt0": amount > 0,
-    }[rule]
+    if rule == "le0":
+        return amount <= 0
+    if rule == "lt0":
+        return amount < 0
+    if rule == "ge0":
+        return amount >= 0
+    if rule == "gt0":
+        return amount > 0
+    return rule == "any"
 
 
 class PostingError(ValueError):

@@ -41,6 +41,7 @@ class LocalCalendar:
     subdivision: str | None = None
     _tz: ZoneInfo = field(init=False, repr=False)
     _holidays: dict[int, frozenset[int]] = field(init=False, default_factory=dict, repr=False)
+    _holiday_arrays: dict[tuple[int, ...], npt.NDArray[np.int64]] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._tz = ZoneInfo(self.timezone)
@@ -78,11 +79,15 @@ class LocalCalendar:
         month = dt_days.astype("datetime64[M]").astype(np.int64) + 1970 * 12
         weekday = (day + 3) % 7  # 1970-01-01 was a Thursday (weekday() == 3)
         day_type = np.where(weekday >= 5, WEEKEND, WEEKDAY).astype(np.int64)
-        hol: set[int] = set()
-        for y in np.unique(year).tolist():
-            hol |= self.holiday_days(int(y))
-        if hol:
-            day_type = np.where(np.isin(day, np.fromiter(hol, np.int64)), HOLIDAY, day_type)
+        years = tuple(np.unique(year).tolist())
+        hol = self._holiday_arrays.get(years)
+        if hol is None:
+            days: set[int] = set()
+            for y in years:
+                days |= self.holiday_days(int(y))
+            hol = self._holiday_arrays[years] = np.array(sorted(days), np.int64)
+        if hol.size:
+            day_type = np.where(np.isin(day, hol), HOLIDAY, day_type)
         return LocalFields(day, minute, day_type, month, year)
 
     def local(self, at: datetime) -> datetime:

@@ -24,7 +24,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from prepaid import ledger
+from prepaid import ledger, store
 from prepaid.credit import CreditPolicy, CreditState, CreditStateName, in_friendly_hours, on_balance
 from prepaid.errors import NotFound
 from prepaid.localtime import LocalCalendar
@@ -129,7 +129,7 @@ async def post_entries(
     if refs:
         cur = await conn.execute(
             "select l.account_id, l.kind, l.reference from ledger_entries l"
-            " join unnest(%s::text[], %s::text[], %s::text[]) u(a, k, r)"
+            " join unnest(%b::text[], %b::text[], %b::text[]) u(a, k, r)"
             " on l.account_id = u.a and l.kind = u.k and l.reference = u.r",
             ([r[0] for r in refs], [r[1] for r in refs], [r[2] for r in refs]),
         )
@@ -162,27 +162,27 @@ async def post_entries(
         await conn.execute(
             "insert into ledger_entries (id, account_id, posted_at, kind, amount_minor, balance_after_minor,"
             " reference, meter_id, period_start, period_end, detail)"
-            " select u.id, u.a, %s, u.k, u.amt, u.bal, u.ref, u.m, u.ps, u.pe, u.d::jsonb"
+            " select u.id, u.a, %s, u.k, u.amt, u.bal, u.ref, u.m, to_timestamp(u.ps), to_timestamp(u.pe), u.d::jsonb"
             " from unnest(%s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[],"
-            " %s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[]) u(id, a, k, amt, bal, ref, m, ps, pe, d)",
+            " %s::text[], %s::float8[], %s::float8[], %s::text[]) u(id, a, k, amt, bal, ref, m, ps, pe, d)",
             (
                 now,
-                new_ids,
-                [p.account_id for _, p, _ in rows],
-                [p.kind for _, p, _ in rows],
-                [p.amount_minor for _, p, _ in rows],
-                [bal for _, _, bal in rows],
-                [p.reference for _, p, _ in rows],
-                [p.meter_id for _, p, _ in rows],
-                [p.period_start for _, p, _ in rows],
-                [p.period_end for _, p, _ in rows],
-                [json.dumps(p.detail) for _, p, _ in rows],
+                store.ints(new_ids),
+                store.texts(p.account_id for _, p, _ in rows),
+                store.texts(p.kind for _, p, _ in rows),
+                store.ints(p.amount_minor for _, p, _ in rows),
+                store.ints(bal for _, _, bal in rows),
+                store.texts(p.reference for _, p, _ in rows),
+                store.texts(p.meter_id for _, p, _ in rows),
+                store.floats(p.period_start.timestamp() if p.period_start else None for _, p, _ in rows),
+                store.floats(p.period_end.timestamp() if p.period_end else None for _, p, _ in rows),
+                store.texts(json.dumps(p.detail) if p.detail else "{}" for _, p, _ in rows),
             ),
         )
         await conn.execute(
             "update accounts a set balance_minor = u.b from unnest(%s::text[], %s::bigint[]) u(id, b)"
             " where a.id = u.id",
-            (list(balances), [b[1] for b in balances.values()]),
+            (store.texts(balances), store.ints(b[1] for b in balances.values())),
         )
 
     # credit rules, once per account
@@ -204,7 +204,8 @@ async def post_entries(
         policy = policies.get(acc.policy_name) or CreditPolicy()
         friendly = in_friendly_hours(policy, acc.calendar, now)
         outcome = on_balance(acc.credit, before, after, policy, friendly=friendly)
-        credit_out[acc_id] = outcome.state
+        if outcome.state != acc.credit:
+            credit_out[acc_id] = outcome.state
         tag = str(last_entry.get(acc_id, f"tick:{now.isoformat()}"))
         for kind in outcome.events:
             detail: dict[str, Any] = {"balance_minor": after, "balance_before_minor": before, "entry": tag}
@@ -223,7 +224,7 @@ async def post_entries(
         await conn.execute(
             "insert into credit_state (account_id, state, low_fired, days_warned, daily_use_minor, updated_at)"
             " select u.a, u.s, coalesce(string_to_array(nullif(u.f, ''), ',')::int[], '{}'), u.w, u.d, %s"
-            " from unnest(%s::text[], %s::text[], %s::text[], %s::boolean[], %s::bigint[]) u(a, s, f, w, d)"
+            " from unnest(%b::text[], %b::text[], %b::text[], %b::boolean[], %b::bigint[]) u(a, s, f, w, d)"
             " on conflict (account_id) do update set"
             " state_since = case when credit_state.state = excluded.state then credit_state.state_since"
             " else excluded.updated_at end,"
@@ -244,11 +245,12 @@ async def post_entries(
     if notice_rows:
         await conn.execute(
             "insert into notices (account_id, kind, dedupe_key, body, created_at, next_attempt_at)"
-            " select u.a, u.k, u.key, u.b::jsonb, %s, %s from unnest(%s::text[], %s::text[], %s::text[], %s::text[])"
+            " select u.a, u.k, u.key, u.b::jsonb, %s, %s from unnest(%b::text[], %b::text[], %b::text[], %b::text[])"
             " u(a, k, key, b) on conflict (dedupe_key) do nothing",
             (now, now, *[list(col) for col in zip(*notice_rows, strict=True)]),
         )
-    return PostResult(entry_ids, {a: balances[a] for a in balances}, event_ids, credit_out)
+    credit_all = {a: accounts[a].credit for a in balances}
+    return PostResult(entry_ids, {a: balances[a] for a in balances}, event_ids, credit_all)
 
 
 async def append_events(
@@ -262,7 +264,7 @@ async def append_events(
     """Insert account_events (deduplicated by key) and NOTIFY their ids at commit."""
     cur = await conn.execute(
         "with ins as (insert into account_events (account_id, kind, at, detail, dedupe_key)"
-        " select u.a, u.k, %s, u.d::jsonb, u.key from unnest(%s::text[], %s::text[], %s::text[], %s::text[])"
+        " select u.a, u.k, %s, u.d::jsonb, u.key from unnest(%b::text[], %b::text[], %b::text[], %b::text[])"
         " u(a, k, d, key) on conflict (dedupe_key) do nothing returning id)"
         " select id, pg_notify('account_events', id::text) from ins",
         (now, accounts, kinds, details, keys),

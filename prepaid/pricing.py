@@ -89,15 +89,37 @@ def price(
     energy_wh: I64,
     tier: TierState = TierState(),
 ) -> tuple[Priced, TierState]:
-    """Price intervals (sorted by start, energy >= 0); return rows and the tier state after."""
+    """Price one meter's intervals (sorted by start, energy >= 0); rows and the tier state after."""
+    start_s = np.asarray(start_s, np.int64)
+    zeros = np.zeros(start_s.shape, np.int64)
+    priced, _, tiers = price_many(versions, calendar, zeros, start_s, energy_wh, [tier])
+    return priced, tiers[0]
+
+
+def price_many(
+    versions: list[Version],
+    calendar: LocalCalendar,
+    owner: I64,
+    start_s: I64,
+    energy_wh: I64,
+    tiers: list[TierState],
+) -> tuple[Priced, I64, list[TierState]]:
+    """Price the intervals of many meters at once (same tariff and calendar).
+
+    ``owner`` is each interval's meter index (0..len(tiers)-1); rows must be grouped by
+    owner and sorted by start within an owner. Tier use is counted per owner from its
+    own TierState. Returns the priced rows, their owner, and each owner's tier state.
+    """
     start_s = np.asarray(start_s, np.int64)
     energy_wh = np.asarray(energy_wh, np.int64)
+    owner = np.asarray(owner, np.int64)
     if start_s.size == 0:
-        return _empty(), tier
+        return _empty(), np.zeros(0, np.int64), list(tiers)
     if (energy_wh < 0).any():
         raise ValueError("energy must not be negative")
-    if (np.diff(start_s) < 0).any():
-        raise ValueError("intervals must be sorted by start")
+    same_owner = owner[1:] == owner[:-1]
+    if (np.diff(owner) < 0).any() or ((np.diff(start_s) < 0) & same_owner).any():
+        raise ValueError("intervals must be grouped by owner and sorted by start")
     if not versions:
         raise TariffError("no tariff version")
     eff = np.array([v.effective_from_s for v in versions], np.int64)
@@ -106,25 +128,27 @@ def price(
         raise TariffError("no tariff version in force at an interval's start")
     fields = calendar.fields(start_s)
 
-    # Cumulative use within tier periods (only tiered versions consume it, but the
-    # count runs through any version so that a change of tariff mid-year keeps the tier).
+    # Cumulative use within tier periods, per owner (only tiered versions consume it, but
+    # the count runs through any version so that a change of tariff mid-year keeps the tier).
     tiered_periods = {v.period for v in versions if v.period is not None}
     period_kind = tiered_periods.pop() if len(tiered_periods) == 1 else ("year" if tiered_periods else None)
-    new_tier = tier
+    new_tiers = list(tiers)
     cum_before = np.zeros_like(energy_wh)
     if period_kind is not None:
         period = fields.year if period_kind == "year" else fields.month
         cum = np.cumsum(energy_wh)
         change = np.ones(period.shape, bool)
-        change[1:] = period[1:] != period[:-1]
+        change[1:] = (period[1:] != period[:-1]) | ~same_owner
         group_start = np.maximum.accumulate(np.where(change, np.arange(period.size), 0))
         base = (cum - energy_wh)[group_start]
         cum_before = cum - energy_wh - base
-        first_group = period == period[0]
-        if tier.period is not None and int(period[0]) == tier.period:
-            cum_before = np.where(first_group, cum_before + tier.used_wh, cum_before)
-        last = int(period[-1])
-        new_tier = TierState(last, int(cum_before[-1] + energy_wh[-1]))
+        carried_period = np.array([-1 if t.period is None else t.period for t in tiers], np.int64)
+        carried_used = np.array([t.used_wh for t in tiers], np.int64)
+        cum_before = np.where(period == carried_period[owner], cum_before + carried_used[owner], cum_before)
+        last = np.ones(owner.shape, bool)
+        last[:-1] = ~same_owner
+        for i in np.flatnonzero(last).tolist():
+            new_tiers[int(owner[i])] = TierState(int(period[i]), int(cum_before[i] + energy_wh[i]))
 
     out_idx: list[I64] = []
     out_energy: list[I64] = []
@@ -183,5 +207,6 @@ def price(
             block=block,
             version_from_s=eff[vidx[idx]],
         ),
-        new_tier,
+        owner[idx],
+        new_tiers,
     )
