@@ -152,7 +152,7 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def bare_subscriber_rate(prefix: str, n: int) -> float:
+def bare_subscriber_rate(prefix: str, n: int) -> tuple[float, float]:
     got = 0
     first = last = 0.0
     done = threading.Event()
@@ -181,12 +181,15 @@ def bare_subscriber_rate(prefix: str, n: int) -> float:
     client.connect(HOST, PORT, properties=props)
     client.loop_start()
     ready.wait(10)
+    c0 = time.process_time()
     pub = publish(prefix, "single", n)
     done.wait(90)
+    cpu = time.process_time() - c0
     pub.wait()
     client.disconnect()
     client.loop_stop()
-    return float((n - 1) / (last - first) if got == n else got / 90)
+    client._reset_sockets()
+    return float((n - 1) / (last - first) if got == n else got / 90), 1e6 * cpu / max(1, got)
 
 
 async def through_collector(url: str, prefix: str, kind: str, count: int, readings: int, offset: int) -> dict[str, Any]:
@@ -232,11 +235,13 @@ async def through_collector(url: str, prefix: str, kind: str, count: int, readin
     await asyncio.to_thread(collector.wait_connected, 10)
     await asyncio.sleep(0.3)
     task = asyncio.create_task(ingest.run())
+    c0 = time.process_time()
     pub = publish(prefix, kind, count, offset)
     try:
         await asyncio.wait_for(done.wait(), 100)
     finally:
         end = time.time()
+        cpu = time.process_time() - c0
         start = await asyncio.to_thread(pub.wait)
         task.cancel()
         try:
@@ -250,6 +255,7 @@ async def through_collector(url: str, prefix: str, kind: str, count: int, readin
         "p50_ms": 1000 * percentile(latencies, 0.5),
         "p99_ms": 1000 * percentile(latencies, 0.99),
         "batches": collector.health.batches,
+        "cpu_us_per_reading": 1e6 * cpu / readings,
     }
 
 
@@ -302,7 +308,8 @@ async def modbus_polls(url: str, meters: int, seconds: float) -> dict[str, Any]:
                 modbus_map="sunspec",
                 poll_interval_s=1,
             )
-    server = start_modbus_server(ports, per_port)
+    # two server processes (half the ports each): the simulated meters are the costly side
+    servers = [start_modbus_server(ports[k::2], per_port) for k in range(min(2, len(ports)))]
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(url, min_size=2, max_size=4, open=False)
     await pool.open()
     from ingest.store import BatchWriter
@@ -315,17 +322,25 @@ async def modbus_polls(url: str, meters: int, seconds: float) -> dict[str, Any]:
     await asyncio.sleep(2.0)  # connect and discover
     for s in poller.states.values():  # then poll as fast as the pair can go
         s.meter = dataclasses.replace(s.meter, interval_s=0.05)
-    p0, t0 = poller.health.polls, time.perf_counter()
+    p0, t0, c0 = poller.health.polls, time.perf_counter(), time.process_time()
     await asyncio.sleep(seconds)
-    rate = (poller.health.polls - p0) / (time.perf_counter() - t0)
+    polls = poller.health.polls - p0
+    rate = polls / (time.perf_counter() - t0)
+    cpu_per_poll = (time.process_time() - c0) / max(1, polls)  # this process: poller + batch writer
     task.cancel()
     try:
         await task
     except asyncio.CancelledError:
         pass
     await pool.close()
-    server.communicate("stop\n", timeout=20)
-    return {"polls_per_s": rate, "failures": poller.health.failures, "meters": meters}
+    for server in servers:
+        server.communicate("stop\n", timeout=20)
+    return {
+        "polls_per_s": rate,
+        "failures": poller.health.failures,
+        "meters": meters,
+        "cpu_ms_per_poll": 1000 * cpu_per_poll,
+    }
 
 
 def main() -> None:
@@ -345,19 +360,26 @@ def main() -> None:
         prefix = f"bench-{uuid.uuid4().hex[:8]}"
         t_all = time.perf_counter()
 
-        bare = bare_subscriber_rate(prefix + "-bare", n_single)
+        bare, bare_cpu_us = bare_subscriber_rate(prefix + "-bare", n_single)
         single = asyncio.run(through_collector(url, prefix, "single", n_single, n_single, 0))
-        copy_rate = raw_copy_rate(url, int(200_000 * SCALE))
+        copy_rate = raw_copy_rate(url, int(100_000 * SCALE))
         steps = n_single // METERS + 1
         batched = asyncio.run(through_collector(url, prefix, "batch", n_batches, n_batches * METERS, steps))
         modbus = asyncio.run(modbus_polls(url, int(500 * min(SCALE, 1.0)) or 10, 10.0 * min(SCALE, 1.0) or 2))
 
         print(f"ingest bench ({os.cpu_count()} cores, {time.perf_counter() - t_all:.0f}s)")
-        print(f"  ceiling  bare paho subscriber receive rate : {bare:10,.0f} msg/s")
+        print(
+            f"  ceiling  bare paho subscriber receive rate : {bare:10,.0f} msg/s"
+            f"  ({bare_cpu_us:.0f} us CPU per message in the subscriber)"
+        )
         print(
             f"  one-reading messages, published->committed: {single['readings_per_s']:10,.0f} readings/s"
             f"  p50 {single['p50_ms']:.0f} ms  p99 {single['p99_ms']:.0f} ms"
             f"  ratio to bare paho {single['readings_per_s'] / bare:.2f} (target >= 0.8)"
+        )
+        print(
+            f"    collector side: {single['cpu_us_per_reading']:.0f} us CPU per message"
+            f" = {1e6 / single['cpu_us_per_reading']:,.0f} msg/s per core ({single['batches']} batches)"
         )
         print(f"  ceiling  raw COPY into readings hypertable : {copy_rate:10,.0f} rows/s")
         print(
@@ -366,8 +388,16 @@ def main() -> None:
             f"  ratio to raw COPY {batched['readings_per_s'] / copy_rate:.2f} (target >= 100k readings/s)"
         )
         print(
+            f"    collector side: {batched['cpu_us_per_reading']:.1f} us CPU per reading"
+            f" = {1e6 / batched['cpu_us_per_reading']:,.0f} readings/s per core; the rest is PostgreSQL"
+        )
+        print(
             f"  Modbus polls over {modbus['meters']} simulated SunSpec meters: {modbus['polls_per_s']:10,.0f} polls/s"
             f"  failures {modbus['failures']} (target >= 2,000 polls/s)"
+        )
+        print(
+            f"    poller side: {modbus['cpu_ms_per_poll']:.2f} ms CPU per poll (incl. writing the readings)"
+            f" = {1000 / modbus['cpu_ms_per_poll']:,.0f} polls/s per core; the rest is the simulated meters"
         )
     finally:
         db.drop_database(BASE_URL, name)
