@@ -60,6 +60,7 @@ class MqttLink:
             event = asyncio.Event()
             client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{self.client_id}-{n}", clean_session=True)
             client.max_queued_messages_set(0)
+            client.max_inflight_messages_set(1000)  # QoS 1 readings: a window, not one at a time
             client.reconnect_delay_set(1, 30)
             client.on_connect = self._on_connect(event, subscribe=(n == 0))
             client.on_disconnect = self._on_disconnect(event)
