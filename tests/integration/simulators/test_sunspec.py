@@ -16,14 +16,14 @@ from simulators.scenario import parse_scenario
 pytestmark = pytest.mark.integration
 
 
-def scenario(count: int = 3, **faults: Any):
+def scenario(count: int = 3, units_per_port: int = 2, **faults: Any):
     return parse_scenario(
         {
             "seed": 4,
             "speed": 0,
             "step_s": 60,
             "start": "2026-11-30T10:00:00+08:00",
-            "modbus": {"host": "127.0.0.1", "port": 0, "units_per_port": 2},
+            "modbus": {"host": "127.0.0.1", "port": 0, "units_per_port": units_per_port},
             "groups": [
                 {"name": "SS", "count": count, "wire": "sunspec", "annual_kwh": 8000, "initial_wh": [1e6, 2e6]},
             ],
@@ -106,7 +106,8 @@ async def test_fc06_write_relay_faults_and_offline_with_pymodbus() -> None:
 
     from simulators import registermaps as rm
 
-    sim = Simulation(scenario(count=3, **{"SS-000001": {"relay_fail": 1.0}, "SS-000002": {"wrong_state": 1.0}}))
+    faults = {"SS-000001": {"relay_fail": 1.0}, "SS-000002": {"wrong_state": 1.0}}
+    sim = Simulation(scenario(count=3, units_per_port=3, **faults))
     sim_task = asyncio.create_task(_serve(sim), name="sim")
     try:
         async with asyncio.timeout(10):
@@ -123,6 +124,13 @@ async def test_fc06_write_relay_faults_and_offline_with_pymodbus() -> None:
             assert not (await client.write_register(rm.CONN_ADDR, 0, device_id=2)).isError()
             conn = (await client.read_holding_registers(rm.CONN_ADDR, count=1, device_id=2)).registers[0]
             assert conn == 1 and sim.model.relay_state(1) is RelayState.DISCONNECTED
+            # FC16 across Conn_WinTms, Conn_RvrtTms, Conn on unit 3 (SS-000003, no faults)
+            assert not (await client.write_registers(rm.CONN_ADDR - 2, [0, 0, 0], device_id=3)).isError()
+            assert sim.model.relay_state(2) is RelayState.DISCONNECTED
+            assert not (await client.write_registers(rm.CONN_ADDR, [1], device_id=3)).isError()
+            assert sim.model.relay_state(2) is RelayState.CONNECTED
+            conn = (await client.read_holding_registers(rm.CONN_ADDR, count=1, device_id=3)).registers[0]
+            assert conn == 1
             # writes outside model 123 and bad values are refused
             assert (await client.write_register(rm.M203_AT + 46, 0, device_id=2)).isError()
             assert (await client.write_register(rm.CONN_ADDR, 7, device_id=2)).isError()
