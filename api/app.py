@@ -20,7 +20,6 @@ from fastapi.openapi.utils import get_openapi
 from psycopg_pool import AsyncConnectionPool
 
 from api import errors, keys
-from api.auth import Principal
 from api.routes import ROUTERS, system
 from api.settings import ApiSettings
 from api.stream import EventHub
@@ -114,13 +113,9 @@ def create_app(settings: ApiSettings, *, clock: Callable[[], datetime] | None = 
         )
         await pool.open()
 
-        async def key_lookup(token_sha256: str) -> Principal | None:
-            async with pool.connection() as conn:
-                return await keys.lookup(conn, token_sha256)
-
         hub = EventHub(settings.database_url)
         app.state.pool = pool
-        app.state.key_lookup = key_lookup
+        app.state.key_lookup = keys.lookup
         app.state.hub = hub
         try:
             async with asyncio.TaskGroup() as tg:

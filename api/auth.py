@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
+import psycopg
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from api.deps import Conn
 from api.errors import Forbidden, NotFound, Unauthorized
 
 TOKEN_PREFIX = "hdk_"
@@ -85,16 +87,49 @@ ACCOUNT_READERS = (Role.ADMIN, Role.OPERATOR, Role.APPROVER, Role.CUSTOMER)
 _bearer = HTTPBearer(auto_error=False, description="API key as a bearer token")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key")
 
-KeyLookup = Callable[[str], Awaitable[Principal | None]]
+# (connection, token SHA-256) -> the key's Principal, or None when unknown or revoked.
+KeyLookup = Callable[[psycopg.AsyncConnection[Any], str], Awaitable[Principal | None]]
 
 
-async def _lookup(request: Request, token: str) -> Principal | None:
-    lookup: KeyLookup = request.app.state.key_lookup
-    return await lookup(hash_token(token))
+def _check(request: Request, principal: Principal | None, allowed: frozenset[Role]) -> Principal:
+    if principal is None:
+        raise Unauthorized("unknown or revoked API key")
+    if principal.role not in allowed:
+        raise Forbidden(f"role {principal.role.value} may not use this route")
+    request.state.principal = principal
+    return principal
+
+
+def _token(bearer: HTTPAuthorizationCredentials | None, api_key: str | None) -> str:
+    token = bearer.credentials if bearer is not None else api_key
+    if not token:
+        raise Unauthorized("an API key is required (Authorization: Bearer <token> or X-API-Key)")
+    return token
 
 
 def requires(*roles: Role) -> Callable[..., Awaitable[Principal]]:
-    """A dependency: the caller's Principal if its key is valid and its role is one of ``roles``."""
+    """A dependency: the caller's Principal if its key is valid and its role is one of ``roles``.
+
+    The lookup uses the request's own pooled connection (the route's ``Conn``).
+    """
+    allowed = frozenset(roles)
+
+    async def dependency(
+        request: Request,
+        conn: Conn,
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        api_key: Annotated[str | None, Depends(_api_key)],
+    ) -> Principal:
+        token = _token(bearer, api_key)
+        lookup: KeyLookup = request.app.state.key_lookup
+        return _check(request, await lookup(conn, hash_token(token)), allowed)
+
+    return dependency
+
+
+def requires_briefly(*roles: Role) -> Callable[..., Awaitable[Principal]]:
+    """Like :func:`requires`, for long-lived responses (SSE): the lookup borrows a pooled
+    connection only for the lookup, so an open stream holds no database connection."""
     allowed = frozenset(roles)
 
     async def dependency(
@@ -102,16 +137,11 @@ def requires(*roles: Role) -> Callable[..., Awaitable[Principal]]:
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         api_key: Annotated[str | None, Depends(_api_key)],
     ) -> Principal:
-        token = bearer.credentials if bearer is not None else api_key
-        if not token:
-            raise Unauthorized("an API key is required (Authorization: Bearer <token> or X-API-Key)")
-        principal = await _lookup(request, token)
-        if principal is None:
-            raise Unauthorized("unknown or revoked API key")
-        if principal.role not in allowed:
-            raise Forbidden(f"role {principal.role.value} may not use this route")
-        request.state.principal = principal
-        return principal
+        token = _token(bearer, api_key)
+        lookup: KeyLookup = request.app.state.key_lookup
+        async with request.app.state.pool.connection() as conn:
+            principal = await lookup(conn, hash_token(token))
+        return _check(request, principal, allowed)
 
     return dependency
 

@@ -1,4 +1,8 @@
-"""FastAPI dependencies shared by the routes: a pooled connection, the clock, the caller."""
+"""FastAPI dependencies shared by the routes: a pooled connection and the clock.
+
+FastAPI resolves a dependency once per request, so the auth check and the route share
+the same pooled connection: a request never holds two (which could starve the pool).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,6 @@ from typing import Annotated, Any
 import psycopg
 from fastapi import Depends, Request
 from psycopg_pool import AsyncConnectionPool
-
-from api.auth import Principal
 
 
 async def _conn(request: Request) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -26,4 +28,3 @@ def _now(request: Request) -> datetime:
 
 Conn = Annotated[psycopg.AsyncConnection[Any], Depends(_conn)]
 Now = Annotated[datetime, Depends(_now)]
-Caller = Principal

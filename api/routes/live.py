@@ -7,14 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
-from api.auth import READERS, Principal, requires
+from api.auth import READERS, Principal, requires_briefly
 from api.errors import ProblemRoute
 from api.schemas import ID_PATTERN
 from api.settings import ApiSettings
 from api.stream import EventHub, frames
 
 router = APIRouter(route_class=ProblemRoute, tags=["live"])
-Readers = Annotated[Principal, Depends(requires(*READERS))]
+Readers = Annotated[Principal, Depends(requires_briefly(*READERS))]
 
 
 @router.get(

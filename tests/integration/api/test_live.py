@@ -54,7 +54,8 @@ async def live(settings: ApiSettings) -> AsyncIterator[tuple[str, ApiSettings, o
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    app = create_app(settings.model_copy(update={"api_sse_keepalive_s": 0.5}), clock=lambda: NOW)
+    # a pool of 2: streams must not hold connections, requests must not need two
+    app = create_app(settings.model_copy(update={"api_sse_keepalive_s": 0.5, "api_pool_max": 2}), clock=lambda: NOW)
     server = _Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve(sockets=[sock]), name="test-uvicorn")
     for _ in range(250):  # uvicorn has no "started" event to await
@@ -123,3 +124,24 @@ async def test_stream_ends_after_max_seconds_with_keepalives(live: tuple[str, Ap
     assert r.text.startswith(": connected\n\n")
     assert ": keep-alive" in r.text
     assert elapsed < 5
+
+
+async def test_open_streams_and_concurrent_requests_do_not_starve_a_small_pool(
+    live: tuple[str, ApiSettings, object], keys: Keys
+) -> None:
+    base, _, _ = live
+    async with httpx.AsyncClient(base_url=base, timeout=8) as c:
+        streams = []
+        for _ in range(3):  # more open streams than pooled connections
+            cm = c.stream("GET", "/v1/stream", params={"max_seconds": 8}, headers=keys.headers("operator"))
+            r = await cm.__aenter__()
+            assert r.status_code == 200
+            streams.append(cm)
+        try:
+            answers = await asyncio.gather(
+                *(c.get(f"/v1/accounts/A-{1 + n % 2}", headers=keys.headers("operator")) for n in range(12))
+            )
+            assert [a.status_code for a in answers] == [200] * 12
+        finally:
+            for cm in streams:
+                await cm.__aexit__(None, None, None)
