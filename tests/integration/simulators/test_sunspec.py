@@ -78,7 +78,7 @@ async def test_pysunspec2_reads_models_1_203_123_and_switches_the_relay() -> Non
         assert got["v"] == pytest.approx(float(sim.model.voltage_v[i]), abs=0.1)
         assert got["hz"] == 50 and got["conn"] == 1
 
-        got = await asyncio.to_thread(read_device, port, unit, 0)  # FC16 write of Conn = 0
+        got = await asyncio.to_thread(read_device, port, unit, 0)  # pysunspec2 writes Conn = 0 (FC06)
         assert got["conn_after"] == 0 and sim.model.relay_state(i) is RelayState.DISCONNECTED
         before = float(sim.model.import_wh[i])
         for k in range(30, 60):
