@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import psycopg
@@ -61,3 +62,63 @@ async def test_service_reconnects_on_credit_restored(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         meter.stop()
+
+
+async def _wait(pred: Callable[[], bool], timeout_s: float) -> None:
+    for _ in range(int(timeout_s / 0.05)):
+        if pred():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def test_service_killed_while_waiting_for_ack_then_restarted(
+    db_url: str, mqtt_prefix: str, mqtt_host: str, mqtt_port: int
+) -> None:
+    """The process dies after the command left and before any ack: the next process reads the
+    relay back first, then re-sends the same command (same id), and confirms it."""
+    now = datetime.now(UTC)
+    ((account, meter_id),) = register_site(db_url, now=now)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("update meters set relay_state = 'disconnected'")
+    meter = FakeMeter(meter_id, mqtt_prefix, mqtt_host, mqtt_port, relay="disconnected", mode="silent").start()
+
+    def settings(worker: str) -> ControlSettings:
+        return ControlSettings(
+            database_url=db_url,
+            mqtt_host=mqtt_host,
+            mqtt_port=mqtt_port,
+            mqtt_prefix=mqtt_prefix,
+            control_worker_id=worker,
+            control_poll_s=0.3,
+            control_ack_timeout_s=30,
+            control_readback_timeout_s=3,
+            control_lease_s=1,
+            control_pool_max=3,
+        )
+
+    first = asyncio.create_task(run(settings("first"), Clock()), name="control-first")
+    try:
+        account_event(db_url, account, "credit_restored", datetime.now(UTC))
+        await _wait(lambda: [c["action"] for c in meter.received] == ["arm"], 15)
+        assert rows(db_url, "select state from commands") == [("sent",)]
+    finally:
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+    assert rows(db_url, "select state from commands") == [("sent",)]  # nothing pretended
+    meter.mode = "normal"
+    second = asyncio.create_task(run(settings("second"), Clock()), name="control-second")
+    try:
+        await _wait(lambda: rows(db_url, "select state from commands") == [("confirmed",)], 20)
+    finally:
+        second.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await second
+        meter.stop()
+    actions = [c["action"] for c in meter.received]
+    assert actions[:2] == ["arm", "status"]  # read back before anything else
+    arm_ids = {c["id"] for c in meter.received if c["action"] == "arm"}
+    assert len(arm_ids) == 1  # the same command, never a new one
+    assert meter.relay == "armed"
+    assert rows(db_url, "select attempts from commands") == [(2,)]
