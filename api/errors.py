@@ -153,7 +153,13 @@ def domain_status(exc: BaseException) -> int | None:
 
 
 def problem(
-    request: Request | None, status: int, detail: str, *, code: str | None = None, **extra: Any
+    request: Request | None,
+    status: int,
+    detail: str,
+    *,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     """An application/problem+json response."""
     slug = code or _slug(_TITLES.get(status, "error").replace(" ", ""))
@@ -167,8 +173,10 @@ def problem(
     if request is not None:
         body["instance"] = request.url.path
     body.update(extra)
-    headers = {"WWW-Authenticate": 'Bearer realm="headend"'} if status == 401 else None
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="headend"'
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers or None)
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -200,7 +208,7 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return problem(request, exc.status_code, str(exc.detail))
+    return problem(request, exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
 
 
 def _psycopg_status(exc: psycopg.Error) -> tuple[int, str, str]:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from api import store
-from api.auth import OPERATORS, READERS, Principal, requires
+from api.auth import OPERATORS, READERS, Principal, requires, requires_briefly
 from api.deps import Conn, Now
 from api.errors import ProblemRoute
 from api.replay import replay as replay_item
@@ -24,6 +24,7 @@ from ingest.dispatch import Prefixes
 router = APIRouter(route_class=ProblemRoute)
 Readers = Annotated[Principal, Depends(requires(*READERS))]
 Operators = Annotated[Principal, Depends(requires(*OPERATORS))]
+BriefOperators = Annotated[Principal, Depends(requires_briefly(*OPERATORS))]
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
 After = Annotated[int | None, Query(ge=0, le=2**62, description="cursor: 'next' of the previous page")]
 Name = Annotated[str | None, Query(min_length=1, max_length=64)]
@@ -102,16 +103,20 @@ async def get_quarantined(item_id: int, conn: Conn, _: Readers) -> Any:
     response_model=ReplayOut,
     summary="Re-submit the raw payload through ingest's decoder and writer (after a fix)",
 )
-async def replay(item_id: int, request: Request, conn: Conn, now: Now, _: Operators) -> Any:
+async def replay(item_id: int, request: Request, now: Now, _: BriefOperators) -> Any:
+    # No request-wide connection: ingest's writer borrows its own from the pool.
     settings: ApiSettings = request.app.state.settings
-    row = await store.get_quarantined(conn, item_id)
+    pool = request.app.state.pool
+    async with pool.connection() as conn:
+        row = await store.get_quarantined(conn, item_id)
     outcome = await replay_item(
-        request.app.state.pool,
+        pool,
         source=row["source"],
         topic=row["topic"],
         payload=bytes(row["payload"]),
         prefixes=Prefixes(settings.mqtt_prefix, settings.mqtt_tasmota_prefix, settings.mqtt_shelly_prefix),
         now=now,
     )
-    await store.mark_replayed(conn, item_id, at=now, result=outcome.result)
+    async with pool.connection() as conn:
+        await store.mark_replayed(conn, item_id, at=now, result=outcome.result)
     return {"id": item_id, "accepted": outcome.accepted, "result": outcome.result, "replayed_at": now}

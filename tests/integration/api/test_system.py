@@ -42,3 +42,10 @@ async def test_openapi_served(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200
     assert r.json()["info"]["title"] == "headend API"
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_wrong_method_is_problem_json_with_allow(client: httpx.AsyncClient) -> None:
+    r = await client.delete("/v1/meters")
+    assert r.status_code == 405
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.headers["allow"]  # Starlette names the methods of the first matching route
