@@ -289,3 +289,18 @@ async def test_audit_verify_cli(db_url: str) -> None:
         conn.execute("set local session_replication_role = replica")
         conn.execute("update audit_log set actor = 'mallory'")
     assert await asyncio.to_thread(main, ["audit", "verify", "--database-url", db_url]) == 1
+
+
+async def test_control_cli_explain_and_kill_switch(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from headend.cli import main
+
+    ((account, _),) = register_site(db_url, now=T0)
+    assert await asyncio.to_thread(main, ["control", "kill-switch", "on", "--by", "ops", "--database-url", db_url]) == 0
+    assert rows(db_url, "select is_on, set_by from control_switches") == [(True, "ops")]
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["control", "explain", account, "--database-url", db_url]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["kind"] == "refused" and "credit_not_exhausted" in out["reasons"] and "kill_switch" in out["reasons"]
+    assert out["policy"] == ["cn-residential", 1]
