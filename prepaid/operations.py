@@ -8,9 +8,10 @@ state + events in one transaction). Signatures are documented in docs/prepaid.md
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
@@ -286,21 +287,67 @@ _LEDGER_COLS = (
 )
 
 
+# The rows travel as one bytea: per row nine big-endian int8 (int8send), concatenated in
+# order by string_agg; numpy reads it in one go (a year is 35,040 rows).
+_LINE_FIELDS = ("start_s", "meter", "energy", "label", "block", "rate", "amount", "balance", "entry")
+_LINE_DTYPE = np.dtype([(f, ">i8") for f in _LINE_FIELDS])
+
+
+async def _statement_lines(
+    conn: AsyncConnection[Any], account_id: str, start: datetime, end: datetime
+) -> list[StatementLine]:
+    cur = await conn.execute(
+        "select coalesce(array_agg(distinct meter_id), '{}') from ledger_entries"
+        " where account_id = %s and kind = 'consumption' and meter_id is not null",
+        (account_id,),
+    )
+    meters: list[str] = list((await cur.fetchone() or ([],))[0])
+    cur = await conn.execute("select effective_from, definition from tariff_versions")
+    labels: list[str] = ["flat"]
+    for effective_from, definition in await cur.fetchall():
+        try:
+            labels += [x for x in compile_version(effective_from, definition).labels if x not in labels]
+        except TariffError:
+            continue
+    cur = await conn.execute(
+        "select coalesce(string_agg(int8send(extract(epoch from c.interval_start)::bigint)"
+        " || int8send(coalesce(array_position(%s::text[], c.meter_id), 0)::bigint) || int8send(c.energy_wh)"
+        " || int8send(coalesce(array_position(%s::text[], c.label), 0)::bigint) || int8send(c.block::bigint)"
+        " || int8send(c.rate_micro) || int8send(c.amount_micro) || int8send(l.balance_after_minor)"
+        " || int8send(c.ledger_entry_id), ''::bytea order by c.interval_start, c.meter_id, c.block), ''::bytea)"
+        " from interval_charges c join ledger_entries l on l.id = c.ledger_entry_id"
+        " where c.account_id = %s and c.interval_start >= %s and c.interval_start < %s",
+        (meters, labels, account_id, start, end),
+    )
+    buf = bytes((await cur.fetchone() or (b"",))[0])
+    rows = np.frombuffer(buf, _LINE_DTYPE)
+    meter_names = ["?", *meters]
+    label_names = ["?", *labels]
+    starts = [datetime.fromtimestamp(t, UTC) for t in rows["start_s"].tolist()]
+    return [
+        StatementLine(t, meter_names[m], e, label_names[lab], b, r, a, bal, le)
+        for t, m, e, lab, b, r, a, bal, le in zip(
+            starts,
+            rows["meter"].tolist(),
+            rows["energy"].tolist(),
+            rows["label"].tolist(),
+            rows["block"].tolist(),
+            rows["rate"].tolist(),
+            rows["amount"].tolist(),
+            rows["balance"].tolist(),
+            rows["entry"].tolist(),
+            strict=True,
+        )
+    ]
+
+
 async def statement(conn: AsyncConnection[Any], account_id: str, start: datetime, end: datetime) -> Statement:
     """Every interval charged in [start, end) with energy, band/block, rate, exact amount and
     the balance after its posting, plus every ledger entry posted in [start, end)."""
     if end <= start:
         raise InvalidRequest("end must be after start")
     acc = await _account(conn, account_id)
-    cur = await conn.execute(
-        "select c.interval_start, c.meter_id, c.energy_wh, c.label, c.block, c.rate_micro, c.amount_micro,"
-        " l.balance_after_minor, c.ledger_entry_id"
-        " from interval_charges c join ledger_entries l on l.id = c.ledger_entry_id"
-        " where c.account_id = %s and c.interval_start >= %s and c.interval_start < %s"
-        " order by c.interval_start, c.meter_id, c.block",
-        (account_id, start, end),
-    )
-    lines = [StatementLine(*r) for r in await cur.fetchall()]
+    lines = await _statement_lines(conn, account_id, start, end)
     cur = await conn.execute(
         f"select {_LEDGER_COLS} from ledger_entries where account_id = %s and posted_at >= %s and posted_at < %s"
         " order by id",
