@@ -11,7 +11,10 @@ Rules (also in docs/api.md):
 - same key + same request: the stored response is replayed with the same status
   and the header ``Idempotent-Replayed: true``;
 - same key + different request: 422 ``idempotency-mismatch``;
-- same key while the first request is still running: 409 ``idempotency-in-flight``.
+- same key while the first request is still running: 409 ``idempotency-in-flight``;
+  a claim left without a response for STALE_CLAIM_S (the process died mid-request) is
+  taken over by the next request with that key. That is safe because the operations
+  are idempotent themselves (top-ups on (channel, reference), commands on their key).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from api.errors import Conflict, Unprocessable
 
 REPLAY_HEADER = "Idempotent-Replayed"
 KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
+STALE_CLAIM_S = 300
 
 
 def fingerprint(method: str, path: str, body: Any) -> str:
@@ -55,8 +59,9 @@ async def run_once(
     async with conn.transaction():
         await conn.execute(
             "delete from api_idempotency where key_id = %s and idempotency_key = %s"
-            " and created_at < now() - make_interval(hours => %s)",
-            (principal.key_id, key, ttl_h),
+            " and (created_at < now() - make_interval(hours => %s)"
+            " or (response is null and created_at < now() - make_interval(secs => %s)))",
+            (principal.key_id, key, ttl_h, STALE_CLAIM_S),
         )
         cur = await conn.execute(
             "insert into api_idempotency (key_id, idempotency_key, method, path, request_sha256)"

@@ -89,3 +89,18 @@ async def test_concurrent_same_key_is_409_in_flight(conn: Any, seeded: str) -> N
         assert exc.value.code == "idempotency-in-flight"
         release.set()
         assert (await first).status_code == 201
+
+
+async def test_stale_claim_of_a_dead_request_is_taken_over(conn: Any) -> None:
+    c, who = conn
+    await c.execute(
+        "insert into api_idempotency (key_id, idempotency_key, method, path, request_sha256, created_at)"
+        " values (%s, 'k', 'POST', '/v1/topups', %s, now() - interval '10 minutes')",
+        (who.key_id, fingerprint("POST", "/v1/topups", {"a": 1})),
+    )
+
+    async def op() -> tuple[int, Any]:
+        return 201, {"ok": True}
+
+    r = await run_once(c, who, "k", method="POST", path="/v1/topups", body={"a": 1}, ttl_h=48, operation=op)
+    assert r.status_code == 201 and REPLAY_HEADER not in r.headers
