@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.routes import accounts, commands, facts, inbox, live, money, network, readings
+from api.routes import accounts, commands, facts, inbox, integrity, live, money, network, readings
 
 ROUTERS: list[APIRouter] = [
     network.router,
@@ -14,5 +14,6 @@ ROUTERS: list[APIRouter] = [
     commands.router,
     facts.router,
     inbox.router,
+    integrity.router,
     live.router,
 ]

@@ -141,3 +141,17 @@ async def test_billing_hold_resolve(client: httpx.AsyncClient, keys: Keys, seede
     assert r.json()["resolved_by"] == "olga (meter swapped)"
     assert (await client.get("/v1/meters/M-1", headers=op)).json()["billing_hold"] is None
     assert (await client.post("/v1/meters/NOPE/billing-hold/resolve", headers=op)).status_code == 404
+
+
+async def test_integrity_checks(client: httpx.AsyncClient, keys: Keys, seeded: str) -> None:
+    op = keys.headers("operator")
+    ok = await client.get("/v1/integrity/ledger", headers=op)
+    assert ok.status_code == 200 and ok.json() == {"ok": True, "problems": []}
+    with psycopg.connect(seeded) as conn:
+        conn.execute("update accounts set balance_minor = balance_minor + 1 where id = 'A-2'")
+    broken = await client.get("/v1/integrity/ledger", headers=op)
+    assert broken.json()["ok"] is False
+    assert [p["account_id"] for p in broken.json()["problems"]] == ["A-2"]
+    audit = await client.get("/v1/integrity/audit", headers=op)
+    assert audit.status_code == 200 and audit.json()["ok"] is True
+    assert (await client.get("/v1/integrity/audit", headers=keys.headers("customer"))).status_code == 403
