@@ -78,6 +78,8 @@ def parse_json_object(payload: bytes) -> dict[str, Any]:
         doc = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as exc:
         raise DecodeError("malformed_json", str(exc)[:200]) from exc
+    except RecursionError as exc:  # absurdly deep nesting
+        raise DecodeError("malformed_json", "nested too deeply") from exc
     if not isinstance(doc, dict):
         raise DecodeError("malformed_json", "top level is not an object")
     return doc

@@ -110,7 +110,16 @@ class MqttIngest:
 
     def decode(self, messages: Sequence[Any]) -> list[Item]:
         directory = self.writer.directory
-        return [decode_message(m.topic, m.payload, directory, self.prefixes) for m in messages]
+        items: list[Item] = []
+        for m in messages:
+            try:
+                items.append(decode_message(m.topic, m.payload, directory, self.prefixes))
+            except Exception as exc:  # a decoder bug must not stop the collector (or loop on redelivery)
+                logger.exception("decoder failed on a message from %s", m.topic)
+                items.append(
+                    Item("mqtt", m.topic, m.payload, reason=f"decode_crash: {type(exc).__name__}: {exc}"[:500])
+                )
+        return items
 
     async def commit(self, messages: Sequence[Any]) -> WriteResult:
         items = self.decode(messages)

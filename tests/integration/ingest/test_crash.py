@@ -21,7 +21,7 @@ from .test_mqtt import Publisher
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[3]
-T0 = datetime(2026, 11, 1, tzinfo=UTC)
+T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=10)
 N = 400
 
 

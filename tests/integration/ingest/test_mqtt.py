@@ -26,7 +26,7 @@ from .conftest import query
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=2)
 
 
 def at(minutes: int) -> str:
@@ -70,11 +70,11 @@ class Publisher:
         self.client._reset_sockets()  # paho closes its wake-up socket pair only in __del__
 
 
-async def wait_for(check: Callable[[], bool], within_s: float = 20.0) -> None:
+async def wait_for(check: Callable[[], bool], within_s: float = 20.0, debug: Callable[[], Any] | None = None) -> None:
     deadline = time.monotonic() + within_s
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
+            raise AssertionError(f"condition not reached in time {debug() if debug else ''}")
         await asyncio.sleep(0.1)
 
 
@@ -130,7 +130,8 @@ async def test_end_to_end_vee(
         # a gap on M-1 (30 -> 90), then the backfill
         pub.publish(f"{t}/M-1/readings", reading(at(90), 1500))
         # device formats
-        pub.publish(f"{mqtt_prefix}/tele/tasmota_kitchen/SENSOR", '{"Time":"2026-11-29T18:00:00","ENERGY":{"Total":1}}')
+        local = (T0 + timedelta(hours=8)).replace(tzinfo=None).isoformat()  # Asia/Shanghai wall time
+        pub.publish(f"{mqtt_prefix}/tele/tasmota_kitchen/SENSOR", f'{{"Time":"{local}","ENERGY":{{"Total":1}}}}')
         await wait_for(lambda: query(fleet, "select count(*) from readings")[0][0] == 7)
         await wait_for(lambda: len(cmds.received) == 1)
         topic, payload = cmds.received[0]
@@ -148,4 +149,49 @@ async def test_end_to_end_vee(
     reasons = sorted(r[0].split(":")[0] for r in query(fleet, "select reason from quarantine"))
     assert reasons == ["malformed_json", "unknown_meter"]
     assert query(fleet, "select billing_hold from meters where id = 'M-2'")[0][0] == "register_reset"
-    assert collector.collector.health.committed == 11
+    await wait_for(lambda: collector.collector.health.committed == 11)  # counted just after the commit
+
+
+async def test_shared_subscription_splits_the_load(
+    pool: AsyncConnectionPool[Any], fleet: str, mqtt_prefix: str, mqtt_host: str, mqtt_port: int
+) -> None:
+    group = f"g{uuid.uuid4().hex[:6]}"
+    prefixes = Prefixes(native=mqtt_prefix)
+    topics = subscriptions(native_prefix=mqtt_prefix)[:3]
+    runs: list[tuple[MqttCollector, asyncio.Task[None]]] = []
+    for k in range(2):
+        options = MqttOptions(
+            host=mqtt_host,
+            port=mqtt_port,
+            client_id=f"share-{group}-{k}",
+            topics=topics,
+            share_group=group,
+            session_expiry_s=30,
+        )
+        coll = MqttCollector(options)
+        writer = BatchWriter(pool)
+        await writer.refresh_directory(force=True)
+        coll.start()
+        assert await asyncio.to_thread(coll.wait_connected, 10)
+        runs.append((coll, asyncio.create_task(MqttIngest(coll, writer, prefixes=prefixes, linger_s=0.01).run())))
+    await asyncio.sleep(0.5)
+    pub = Publisher(mqtt_host, mqtt_port)
+    try:
+        for i in range(200):
+            ts = (T0 - timedelta(days=3) + timedelta(minutes=15 * i)).isoformat()
+            pub.publish(f"{mqtt_prefix}/v1/meters/M-{1 + i % 2}/readings", reading(ts, 1000 + i))
+        await wait_for(
+            lambda: query(fleet, "select count(*) from readings")[0][0] == 200,
+            debug=lambda: (query(fleet, "select count(*) from readings"), [c.health for c, _ in runs]),
+        )
+        await asyncio.sleep(0.5)
+    finally:
+        pub.close()
+        for coll, task in runs:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.to_thread(coll.stop)
+    shares = [coll.health.committed for coll, _ in runs]
+    assert sum(shares) == 200 and all(s > 0 for s in shares), shares
+    assert query(fleet, "select count(*) from billing_queue")[0][0] == 200

@@ -106,6 +106,12 @@ def test_native_readings_rejects(payload: bytes, reason: str) -> None:
     assert info.value.reason == reason
 
 
+def test_deep_nesting_is_malformed_not_a_crash() -> None:
+    with pytest.raises(DecodeError) as info:
+        decode_native_readings("M-1", b"[" * 100_000 + b"]" * 100_000)
+    assert info.value.reason == "malformed_json"
+
+
 def test_negative_power_is_fine() -> None:
     d = decode_native_readings("M-1", b'{"v":1,"ts":"2026-01-01T00:00:00Z","values":{"1-0:16.7.0":-300}}')
     assert d.readings[0].value == -300.0
