@@ -137,9 +137,17 @@ async def bill_batch(
         unknown = set(meter_ids) - {r[0] for r in rows}
         tariffs = await versions.load(conn, sorted({r[7] for r in rows if r[7]}))
 
-        delete_ids: list[int] = [qid for m in unknown for qid, _, _ in by_meter[m]]  # no such meter: drop
-        for m in unknown:
-            logger.warning("billing_queue rows for unknown meter %s dropped", m)
+        # rows of a meter that does not exist go to quarantine (with reason), not silently away
+        delete_ids: list[int] = [qid for m in unknown for qid, _, _ in by_meter[m]]
+        if unknown:
+            logger.warning("billing_queue rows for unknown meters quarantined: %s", sorted(unknown))
+            await conn.execute(
+                "insert into quarantine (source, meter_id, payload, reason)"
+                " select 'prepaid', q.meter_id, convert_to(json_build_object('billing_queue_id', q.id, 'ts', q.ts,"
+                " 'energy_wh', q.energy_wh)::text, 'UTF8'), 'billing: unknown meter'"
+                " from billing_queue q where q.id = any(%s)",
+                (delete_ids,),
+            )
         # group meters by (tariff, calendar): each group is priced in one numpy pass
         groups: dict[tuple[str, str, str, str | None], list[_Item]] = {}
         for r in rows:

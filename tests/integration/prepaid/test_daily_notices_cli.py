@@ -102,3 +102,23 @@ def test_ledger_verify_cli_fails_on_a_tampered_balance(db_url: str) -> None:
         conn.execute("update accounts set balance_minor = 9999 where id = 'A1'")
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "A1: balance 9999 != sum of entries 700" in bad.stdout
+
+
+async def test_daily_debt_recovery_never_blocks_supply_and_runs_once_a_day(db_url: str) -> None:
+    from prepaid import operations as ops
+
+    setup_account(db_url, balance_minor=900)
+    now = datetime(2026, 3, 3, 2, tzinfo=UTC)
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            "update prepaid_policies set definition = '{\"debt_recovery_per_day_minor\": 300}' where name = 'default'"
+        )
+    async with await psycopg.AsyncConnection.connect(db_url) as conn:
+        await ops.add_debt(conn, account_id="A1", kind="arrears", amount_minor=1000, reference="old", now=now)
+        first = await daily_tick(conn, now)
+        again = await daily_tick(conn, now + timedelta(hours=1))
+        next_day = await daily_tick(conn, now + timedelta(days=1))
+        facts = await ops.credit_facts(conn, "A1", now + timedelta(days=1))
+    # 300 on day one; then only 100 more: the balance never goes below the restore minimum (500)
+    assert (first.debt_recovered_minor, again.debt_recovered_minor, next_day.debt_recovered_minor) == (300, 0, 100)
+    assert facts.balance_minor == 500 and facts.debt_minor == 600

@@ -96,3 +96,14 @@ async def test_balance_crossing_zero_emits_events_and_notifies(db_url: str) -> N
     assert kinds == ["emergency_credit_started", "low_credit", "credit_exhausted"]
     assert sorted(notified) == sorted(i for i, _ in events)
     assert notices == [("low_credit",)]
+
+
+async def test_rows_of_an_unknown_meter_are_quarantined(db_url: str) -> None:
+    setup_account(db_url, balance_minor=0)
+    with psycopg.connect(db_url) as conn:
+        conn.execute("insert into billing_queue (meter_id, ts, energy_wh) values ('GHOST', now(), 5)")
+    await run_all(db_url)
+    with psycopg.connect(db_url) as conn:
+        q = conn.execute("select meter_id, reason from quarantine").fetchall()
+        left = conn.execute("select count(*) from billing_queue").fetchone()
+    assert q == [("GHOST", "billing: unknown meter")] and left == (0,)
