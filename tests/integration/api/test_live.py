@@ -145,3 +145,24 @@ async def test_open_streams_and_concurrent_requests_do_not_starve_a_small_pool(
         finally:
             for cm in streams:
                 await cm.__aexit__(None, None, None)
+
+
+async def test_stream_shows_a_real_topup(live: tuple[str, ApiSettings, object], keys: Keys) -> None:
+    """A top-up through the API (prepaid's real posting path) appears on an operator's stream."""
+    base, _, _ = live
+    async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+        async with c.stream(
+            "GET", "/v1/stream", params={"account_id": "A-1", "max_seconds": 10}, headers=keys.headers("operator")
+        ) as r:
+            lines = r.aiter_lines()
+            assert await anext(lines) == ": connected"
+            paid = await c.post(
+                "/v1/topups",
+                json={"account_id": "A-1", "channel": "app", "reference": "live-1", "amount_minor": 1234},
+                headers={**keys.headers("integrator"), "Idempotency-Key": "live-1"},
+            )
+            assert paid.status_code == 201, paid.text
+            got = await asyncio.wait_for(_events(lines, 2), 10)
+    kinds = {e: d for e, d in got}
+    assert kinds["balance"]["balance_minor"] == 5000 + 1234
+    assert kinds["account_event"]["kind"] == "topup"
