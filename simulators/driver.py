@@ -92,6 +92,7 @@ class FleetDriver:
         readings_qos: int = 0,
         button_after_s: float | None = None,
         max_backlog: int = 2880,
+        birth_report: bool = True,
     ) -> None:
         self.model = model
         self.faults = faults
@@ -136,6 +137,7 @@ class FleetDriver:
         self.seq = itertools.count()
         self.counters = Counters()
         self._uplink_down: np.ndarray | None = None
+        self._born = not birth_report
 
     # ------------------------------------------------------------------ ticks
     def at(self, k: int) -> datetime:
@@ -145,6 +147,8 @@ class FleetDriver:
         """Run tick ``k``; return the messages to publish, in order."""
         t0, t1 = self.at(k), self.at(k + 1)
         out: list[Outgoing] = []
+        if not self._born:
+            self._birth(t0, out)
         self._strike(t0)
         self._restore(t0)
         self.model.step(t0, self.step_s)
@@ -205,6 +209,14 @@ class FleetDriver:
             events = self.pending_events.pop(i, None)
             if events:
                 self._emit(self._events_message(i, events), out)
+            if self.mqtt[i]:
+                self._push(self._state_message(i, t), out)  # back online: say where the relay is
+
+    def _birth(self, t: datetime, out: list[Outgoing]) -> None:
+        """Like a real meter on connecting, every online MQTT meter reports its relay state once."""
+        self._born = True
+        for i in map(int, np.flatnonzero(self.mqtt & ~self.offline)):
+            self._push(self._state_message(i, t), out)
 
     def set_uplink(self, up: bool, now: datetime) -> None:
         """The broker went away (``up=False``) or came back: every MQTT meter that was reachable

@@ -116,7 +116,8 @@ async def test_fleet_with_faults_on_mosquitto(mqtt_host: str, mqtt_port: int, mq
     assert acks["cut-1"]["status"] == "ok" and acks["cut-1"]["relay"] == "disconnected"
     assert acks["arm-1"]["relay"] == "armed"
     states = [json.loads(p)["relay"] for t, p in got if t.endswith("/N-000001/state")]
-    assert states[:2] == ["disconnected", "armed"] and "connected" in states[2:]
+    assert states[0] == "connected"  # the birth report when the meter came online
+    assert states[1:3] == ["disconnected", "armed"] and "connected" in states[3:]
     assert sim.model.relay_state(sim.model.index["N-000001"]) is RelayState.CONNECTED
     assert sim.meter_status("N-000001")["relay"] == "connected"
     read_now = [p for t, p in got if t.endswith("/N-000003/ack")]

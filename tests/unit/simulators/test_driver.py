@@ -19,6 +19,7 @@ TOPICS = Topics("pfx", "tas", "shl")
 
 
 def make(specs: list[MeterSpec], faults: FaultPlan | None = None, seed: int = 1, **kw) -> FleetDriver:
+    kw.setdefault("birth_report", False)  # counted exactly below; the birth report has its own test
     model = FleetModel(specs, seed=seed)
     f = Faults(faults or FaultPlan(), [s.meter_id for s in specs], seed)
     return FleetDriver(model, f, TOPICS, step_s=60.0, origin=T0, **kw)
@@ -223,3 +224,15 @@ def test_unreadable_commands_with_an_id_are_rejected() -> None:
         "ts": "2026-11-30T00:00:00Z",
         "reason": "unknown_action",
     }
+
+
+def test_meters_report_their_relay_state_on_coming_online() -> None:
+    d = make([MeterSpec("M-1"), MeterSpec("M-2")], birth_report=True)
+    d.offline[1] = True
+    d.offline_until[1] = (T0 + timedelta(minutes=30)).timestamp()
+    first = run(d, 1)
+    assert [m.topic for m in first if m.topic.endswith("/state")] == ["pfx/v1/meters/M-1/state"]
+    assert bodies(first, "/state")[0]["relay"] == "connected"
+    assert bodies(run(d, 28, 1), "/state") == []  # once, not every tick
+    back = run(d, 2, 29)
+    assert [m.topic for m in back if m.topic.endswith("/state")] == ["pfx/v1/meters/M-2/state"]

@@ -72,6 +72,8 @@ def test_tasmota_and_shelly_values_survive_decoding() -> None:
     directory = MeterDirectory.of([MeterInfo(s.meter_id, "Asia/Shanghai", s.device_topic) for s in SPECS])
     got = {}
     for m in out:
+        if m.kind in ("ack", "state"):  # for control, not ingest
+            continue
         item = decode_message(m.topic, m.payload, directory, Prefixes("hx"))
         assert item.decoded is not None
         for r in item.decoded.readings:
