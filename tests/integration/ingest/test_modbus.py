@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +21,8 @@ from .conftest import query, register_fleet
 from .modbus_sim import free_port, sdm_block, start_server, sunspec_block
 
 pytestmark = pytest.mark.integration
+
+ROOT = str(Path(__file__).resolve().parents[3])
 
 
 async def eventually(check: Callable[[], bool], within_s: float = 20.0, debug: Callable[[], Any] | None = None) -> None:
@@ -124,3 +130,44 @@ async def test_wrong_map_is_quarantined_with_raw_registers(pool: AsyncConnection
     finally:
         poller.close()
         await server.shutdown()
+
+
+async def test_serve_modbus_process_polls_and_stops_cleanly(fleet: str, tmp_path: Path) -> None:
+    """``headend run ingest-modbus`` as a process: polls a registered meter, exits 0 on SIGTERM."""
+    port = free_port()
+    register_fleet(
+        fleet,
+        {
+            "MB-7": {
+                "protocol": "modbus",
+                "modbus_host": "127.0.0.1",
+                "modbus_port": port,
+                "modbus_unit": 3,
+                "modbus_map": "sdm630",
+                "poll_interval_s": 1,
+            }
+        },
+    )
+    server = await start_server(port, {3: sdm_block()})
+    log = tmp_path / "modbus.log"
+    env = {**os.environ, "HEADEND_DATABASE_URL": fleet}
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "headend",
+            "run",
+            "ingest-modbus",
+            env=env,
+            stdout=out,
+            stderr=out,
+            cwd=ROOT,
+        )
+    try:
+        await eventually(lambda: int(query(fleet, "select count(distinct ts) from readings")[0][0]) >= 2, 30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = await asyncio.wait_for(proc.wait(), 20)
+        await server.shutdown()
+    assert rc == 0, log.read_text()
+    assert query(fleet, "select value from readings where obis = '1-0:1.8.0' limit 1") == [(1290396.0,)]
