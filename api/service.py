@@ -1,6 +1,7 @@
 """``api.service:serve``: run the HTTP API with uvicorn until cancelled.
 
-Listens on HEADEND_API_HOST:HEADEND_API_PORT (default 127.0.0.1:8080). Runs as a
+Listens on HEADEND_API_HOST:HEADEND_API_PORT (default 127.0.0.1:8080); ``now`` is the
+shared clock of every headend process (headend.clock, accelerated in demos). Runs as a
 coroutine (``uvicorn.Server(config).serve()``) so ``headend run all`` can host it
 beside the other services. The CLI owns the signals; cancellation (SIGTERM via
 the CLI) asks uvicorn to exit and waits for its graceful shutdown, so the
@@ -18,6 +19,7 @@ import uvicorn
 
 from api.app import create_app
 from api.settings import ApiSettings
+from headend.clock import Clock, clock_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +32,11 @@ class _Server(uvicorn.Server):
         yield
 
 
-def build_server(settings: ApiSettings) -> uvicorn.Server:
+def build_server(settings: ApiSettings, clock: Clock | None = None) -> uvicorn.Server:
+    """uvicorn around the app; ``now`` comes from the shared clock (HEADEND_CLOCK_*)."""
+    clock = clock or clock_from_env()
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, clock=clock.now),
         host=settings.api_host,
         port=settings.api_port,
         log_level=settings.log_level.lower(),
