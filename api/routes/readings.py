@@ -108,7 +108,9 @@ async def readings(
     await store.get_meter(conn, meter_id)
     s, e = _range(start, end, now, timedelta(days=1))
     rows = await store.readings(conn, meter_id=meter_id, obis=obis, start=s, end=e, after=_cursor(after), limit=limit)
-    nxt = f"{rows[-1]['ts'].isoformat()}|{rows[-1]['obis']}" if len(rows) == limit else None
+    last = rows[-1] if len(rows) == limit else None
+    # UTC with "Z": a cursor pasted into a URL unencoded has no "+" to lose
+    nxt = f"{last['ts'].astimezone(UTC).isoformat().replace('+00:00', 'Z')}|{last['obis']}" if last else None
     return {"items": rows, "next": nxt}
 
 
