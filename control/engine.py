@@ -71,6 +71,7 @@ class EngineSettings:
     recheck_s: float = 900.0  # a deferral with no known end is re-checked this often
     audit_retry_s: float = 30.0
     batch: int = 20
+    event_concurrency: int = 4
     backoff_base_s: float = 5.0
     backoff_cap_s: float = 60.0
     jitter_seed: int | None = None
@@ -109,37 +110,74 @@ class Engine:
 
     # --- events ------------------------------------------------------------------------
 
-    async def process_events(self, limit: int = 100) -> int:
-        """Handle account events not handled yet; returns how many were handled."""
-        handled = 0
+    async def process_events(self, limit: int = 200) -> int:
+        """Handle account events not handled yet; returns how many were handled.
+
+        Accounts are handled concurrently (a mass top-up is a burst of events), each account's
+        events strictly in order, also across control processes: a per-account advisory lock,
+        and an event waits while an earlier one of its account is unhandled.
+        """
         async with self._connect() as conn:
             cur = await conn.execute(
-                "select e.id from account_events e where e.kind = any(%s) and not exists"
+                "select e.id, e.account_id from account_events e where e.kind = any(%s) and not exists"
                 " (select 1 from control_processed_events p where p.event_id = e.id) order by e.id limit %s",
                 (list(EVENT_KINDS), limit),
             )
-            ids = [int(r[0]) for r in await cur.fetchall()]
-            await conn.commit()
-            for event_id in ids:
-                async with conn.transaction():
-                    cur = await conn.execute(
-                        "insert into control_processed_events (event_id, outcome) values (%s, 'handling')"
-                        " on conflict do nothing returning event_id",
-                        (event_id,),
-                    )
-                    if await cur.fetchone() is None:
-                        continue  # another control process has it
-                    cur = await conn.execute(
-                        "select id, account_id, kind, at, detail from account_events where id = %s", (event_id,)
-                    )
-                    row = await cur.fetchone()
-                    assert row is not None
-                    outcome = await self._handle_event(conn, int(row[0]), str(row[1]), str(row[2]), self._now())
-                    await conn.execute(
-                        "update control_processed_events set outcome = %s where event_id = %s", (outcome, event_id)
-                    )
-                handled += 1
-        return handled
+            by_account: dict[str, list[int]] = {}
+            for event_id, account_id in await cur.fetchall():
+                by_account.setdefault(str(account_id), []).append(int(event_id))
+        if not by_account:
+            return 0
+        gate = asyncio.Semaphore(self.settings.event_concurrency)
+        counts: list[int] = []
+
+        async def one_account(account_id: str, ids: list[int]) -> None:
+            async with gate, self._connect() as c:
+                n = 0
+                try:
+                    for event_id in ids:
+                        outcome = await self._handle_one(c, account_id, event_id)
+                        if outcome == "blocked":
+                            break  # an earlier event of this account is not handled yet: keep the order
+                        n += outcome == "handled"
+                except (psycopg.Error, ControlError) as exc:
+                    # Not marked handled: the event is retried on the next pass.
+                    logger.exception("events of account %s not handled: %s", account_id, exc)
+                counts.append(n)
+
+        async with asyncio.TaskGroup() as tg:
+            for account_id, ids in by_account.items():
+                tg.create_task(one_account(account_id, ids), name=f"events-{account_id}")
+        return sum(counts)
+
+    async def _handle_one(self, conn: Conn, account_id: str, event_id: int) -> str:
+        """'handled', 'skipped' (another process did) or 'blocked' (an earlier event is pending)."""
+        async with conn.transaction():
+            await conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"control-account:{account_id}",))
+            cur = await conn.execute(
+                "select exists (select 1 from account_events e where e.account_id = %s and e.id < %s"
+                " and e.kind = any(%s) and not exists"
+                " (select 1 from control_processed_events p where p.event_id = e.id))",
+                (account_id, event_id, list(EVENT_KINDS)),
+            )
+            earlier = await cur.fetchone()
+            if earlier and earlier[0]:
+                return "blocked"
+            cur = await conn.execute(
+                "insert into control_processed_events (event_id, outcome) values (%s, 'handling')"
+                " on conflict do nothing returning event_id",
+                (event_id,),
+            )
+            if await cur.fetchone() is None:
+                return "skipped"  # another control process handled it
+            cur = await conn.execute("select id, account_id, kind from account_events where id = %s", (event_id,))
+            row = await cur.fetchone()
+            assert row is not None
+            outcome = await self._handle_event(conn, int(row[0]), str(row[1]), str(row[2]), self._now())
+            await conn.execute(
+                "update control_processed_events set outcome = %s where event_id = %s", (outcome, event_id)
+            )
+        return "handled"
 
     async def _handle_event(self, conn: Conn, event_id: int, account_id: str, kind: str, now: datetime) -> str:
         site = await store.site_for_account(conn, account_id)

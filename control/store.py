@@ -111,7 +111,7 @@ async def seed_policies(conn: Conn, now: datetime) -> None:
         await conn.execute(
             "insert into policy_versions (profile, version, document, effective_from, created_by)"
             " select %s, 1, %s, '-infinity', 'seed' where not exists"
-            " (select 1 from policy_versions where profile = %s)",
+            " (select 1 from policy_versions where profile = %s) on conflict (profile, version) do nothing",
             (name, json.dumps({**doc, "effective": policy.model_dump(mode="json")}), name),
         )
     del now
