@@ -87,10 +87,6 @@ def _ts(seconds: int | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
-def _epoch(at: datetime | None) -> int | None:
-    return None if at is None else int(at.timestamp())
-
-
 async def bill_batch(
     conn: AsyncConnection[Any],
     *,
@@ -103,7 +99,7 @@ async def bill_batch(
     result = BatchResult()
     async with conn.transaction():
         cur = await conn.execute(
-            "select q.id, q.meter_id, q.ts, q.energy_wh from billing_queue q"
+            "select q.id, q.meter_id, floor(extract(epoch from q.ts))::bigint, q.energy_wh from billing_queue q"
             " where not exists (select 1 from meters m where m.id = q.meter_id and m.billing_hold is not null)"
             " order by q.id limit %s for update of q skip locked",
             (limit,),
@@ -114,7 +110,7 @@ async def bill_batch(
         result.claimed_ids = [int(r[0]) for r in claimed]
         by_meter: dict[str, list[tuple[int, int, float]]] = {}
         for qid, meter_id, ts, energy in claimed:
-            by_meter.setdefault(meter_id, []).append((int(qid), int(ts.timestamp()), float(energy)))
+            by_meter.setdefault(meter_id, []).append((qid, ts, energy))
         meter_ids = sorted(by_meter)
         await conn.execute(
             "insert into billing_state (meter_id) select m.id from meters m where m.id = any(%s)"
@@ -123,10 +119,11 @@ async def bill_batch(
             (meter_ids,),
         )
         cur = await conn.execute(
-            "select bs.meter_id, m.register_max_wh, m.rated_current_a, m.nominal_voltage_v, m.phases,"
+            "select bs.meter_id, m.register_max_wh, m.rated_current_a::float8, m.nominal_voltage_v::float8, m.phases,"
             " m.billing_hold, a.id, a.tariff_id, sp.timezone, sp.country, sp.subdivision,"
-            " bs.last_ts, bs.last_register_wh, bs.pending_start, bs.pending_wh, bs.residual_micro,"
-            " bs.tier_period, bs.tier_used_wh, bs.rebaseline_at"
+            " floor(extract(epoch from bs.last_ts))::bigint, bs.last_register_wh,"
+            " floor(extract(epoch from bs.pending_start))::bigint, bs.pending_wh, bs.residual_micro,"
+            " bs.tier_period, bs.tier_used_wh, floor(extract(epoch from bs.rebaseline_at))::bigint"
             " from billing_state bs join meters m on m.id = bs.meter_id"
             " left join service_points sp on sp.id = m.service_point_id"
             " left join accounts a on a.service_point_id = m.service_point_id and a.status = 'open'"
@@ -158,15 +155,15 @@ async def bill_batch(
                 result.holds[meter_id] = "no_tariff"
                 continue
             state = billing.MeterState(
-                last_ts_s=_epoch(r[11]),
+                last_ts_s=r[11],
                 last_register_wh=r[12],
-                pending_start_s=_epoch(r[13]),
+                pending_start_s=r[13],
                 pending_wh=int(r[14]),
                 residual_micro=int(r[15]),
                 tier=TierState(r[16], int(r[17])),
-                rebaseline_at_s=_epoch(r[18]),
+                rebaseline_at_s=r[18],
             )
-            spec = billing.MeterSpec(int(r[1]), float(r[2]), float(r[3]), int(r[4]))
+            spec = billing.MeterSpec(r[1], r[2], r[3], r[4])
             readings = [(ts, value) for _, ts, value in by_meter[meter_id]]
             key = (tariff_id if account_id is not None else "", r[8] or "UTC", r[9] or "CN", r[10])
             groups.setdefault(key, []).append(_Item(meter_id, account_id, state, readings, spec))
