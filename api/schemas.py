@@ -372,6 +372,12 @@ class BulkOut(BaseModel):
     commands: list[CommandOut]
 
 
+class BatchApprovalOut(BaseModel):
+    batch_id: str
+    approved: int
+    states: dict[str, int] = Field(description="state -> number of the batch's commands in it")
+
+
 # --- notices and quarantine --------------------------------------------------------------
 
 

@@ -375,6 +375,13 @@ async def commands_by_ids(conn: psycopg.AsyncConnection[Any], ids: list[int]) ->
     return await _all(conn, f"select {COMMAND_COLUMNS} from commands where id = any(%s) order by id", (ids,))
 
 
+async def batch_states(conn: psycopg.AsyncConnection[Any], batch_id: str) -> dict[str, int]:
+    rows = await _all(
+        conn, "select state, count(*) as n from commands where batch_id = %s group by state order by state", (batch_id,)
+    )
+    return {r["state"]: int(r["n"]) for r in rows}
+
+
 async def missing_meters(conn: psycopg.AsyncConnection[Any], meter_ids: list[str]) -> list[str]:
     rows = await _all(conn, "select id from meters where id = any(%s)", (meter_ids,))
     found = {r["id"] for r in rows}

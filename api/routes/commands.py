@@ -20,7 +20,17 @@ from api.errors import Conflict, NotFound, ProblemRoute, Unprocessable
 from api.idempotency import run_once
 from api.results import plain
 from api.routes.money import IdempotencyKey, _ttl
-from api.schemas import ID_PATTERN, BulkCommandIn, BulkOut, CancelIn, CommandIn, CommandOut, Page, PolicyVersionIn
+from api.schemas import (
+    ID_PATTERN,
+    BatchApprovalOut,
+    BulkCommandIn,
+    BulkOut,
+    CancelIn,
+    CommandIn,
+    CommandOut,
+    Page,
+    PolicyVersionIn,
+)
 from control import operations as control
 from control.policy import profile_names
 
@@ -138,6 +148,23 @@ async def approve(command_id: int, conn: Conn, now: Now, who: Approvers) -> Any:
     await control.set_operator(conn, who.actor, approver_roles(who))
     await control.approve_command(conn, command_id, who.actor, now)
     return await store.get_command(conn, command_id)
+
+
+@router.post(
+    "/batches/{batch_id}/approve",
+    tags=["commands"],
+    response_model=BatchApprovalOut,
+    summary="Approve every command of a bulk request still awaiting approval (approver role; not one's own)",
+)
+async def approve_batch(batch_id: str, conn: Conn, now: Now, who: Approvers) -> Any:
+    counts = await store.batch_states(conn, batch_id)
+    if not counts:
+        raise NotFound(f"batch {batch_id} not found")
+    if not counts.get("awaiting_approval"):
+        raise Conflict(f"no command of batch {batch_id} is awaiting approval", code="not-awaiting-approval")
+    await control.set_operator(conn, who.actor, approver_roles(who))
+    approved = await control.approve_batch(conn, batch_id, who.actor, now)
+    return {"batch_id": batch_id, "approved": approved, "states": await store.batch_states(conn, batch_id)}
 
 
 @router.post("/commands/{command_id}/cancel", tags=["commands"], response_model=CommandOut, summary="Cancel")

@@ -31,6 +31,7 @@ ROUTES: list[tuple[str, str, dict[str, object] | None, set[str]]] = [
     ("GET", "/v1/commands", None, {"admin", "operator", "approver"}),
     ("POST", "/v1/commands", {"meter_id": "M-1", "action": "read_now", "reason": "t"}, {"admin", "operator"}),
     ("POST", "/v1/commands/1/approve", None, {"admin", "approver"}),
+    ("POST", "/v1/batches/b-1/approve", None, {"admin", "approver"}),
     ("POST", "/v1/commands/1/cancel", {"reason": "t"}, {"admin", "operator", "approver"}),
     (
         "POST",

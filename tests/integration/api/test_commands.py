@@ -135,3 +135,30 @@ async def test_cancel_in_terminal_state_is_409(client: httpx.AsyncClient, keys: 
         headers={**keys.headers("integrator"), "Idempotency-Key": "rv"},
     )
     assert missing.status_code == 404, missing.text
+
+
+async def test_batch_above_threshold_needs_one_approval(client: httpx.AsyncClient, keys: Keys, seeded: str) -> None:
+    """Scenario 20 at the API: a batch above 100 meters waits for an approver, approved at once."""
+    with psycopg.connect(seeded) as conn:
+        for i in range(101):
+            conn.execute("insert into meters (id, service_point_id) values (%s, 'SP-1')", (f"B-{i:03d}",))
+    meters = [f"B-{i:03d}" for i in range(101)]
+    r = await client.post(
+        "/v1/commands/bulk",
+        json={"meter_ids": meters, "action": "read_now", "reason": "survey"},
+        headers={**keys.headers("operator"), "Idempotency-Key": "survey-1"},
+    )
+    assert r.status_code == 202, r.text
+    batch = r.json()["batch_id"]
+    assert {c["state"] for c in r.json()["commands"]} == {"awaiting_approval"}
+    assert (await client.post(f"/v1/batches/{batch}/approve", headers=keys.headers("operator"))).status_code == 403
+    with psycopg.connect(seeded) as conn:
+        olga_approver = create_key(conn, name="olga", role=Role.APPROVER).token
+    own = await client.post(f"/v1/batches/{batch}/approve", headers={"Authorization": f"Bearer {olga_approver}"})
+    assert own.status_code == 403 and "requester" in own.json()["detail"]
+    ok = await client.post(f"/v1/batches/{batch}/approve", headers=keys.headers("approver"))
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["approved"] == 101 and ok.json()["states"] == {"scheduled": 101}
+    again = await client.post(f"/v1/batches/{batch}/approve", headers=keys.headers("approver"))
+    assert again.status_code == 409
+    assert (await client.post("/v1/batches/nope/approve", headers=keys.headers("approver"))).status_code == 404
