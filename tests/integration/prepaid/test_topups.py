@@ -118,3 +118,16 @@ async def test_reversal_takes_the_money_back_once(db_url: str) -> None:
 async def _verify(db_url: str) -> list[object]:
     async with await psycopg.AsyncConnection.connect(db_url) as conn:
         return list(await ops.verify_ledger(conn))
+
+
+async def test_disputed_part_of_a_debt_is_not_recovered(db_url: str) -> None:
+    """DOMAIN scenario 15: a dispute open on 300 of 500 debt; only 200 may be recovered."""
+    setup_account(db_url)
+    with psycopg.connect(db_url) as conn:
+        conn.execute("insert into disputes (account_id, amount_minor) values ('A1', 300)")
+    async with await psycopg.AsyncConnection.connect(db_url) as conn:
+        await ops.add_debt(conn, account_id="A1", kind="arrears", amount_minor=500, reference="d", now=NOW)
+        r = await ops.topup(conn, account_id="A1", channel="bank", reference="big", amount_minor=10_000, now=NOW)
+        facts = await ops.credit_facts(conn, "A1", NOW)
+    assert r.debt_recovered_minor == 200
+    assert (facts.debt_minor, facts.disputed_minor, facts.recoverable_debt_minor) == (300, 300, 0)
