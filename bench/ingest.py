@@ -75,7 +75,7 @@ def batch_payloads(messages: int, offset_steps: int) -> list[str]:
     return out
 
 
-def publisher_main(prefix: str, kind: str, count: int, offset: int, part: int, parts: int) -> None:
+def publisher_main(prefix: str, kind: str, count: int, offset: int, part: int, parts: int, rate: float) -> None:
     if kind == "single":
         msgs = [(f"{prefix}/v1/meters/{m}/readings", p) for m, p in single_payloads(count, offset)]
     else:
@@ -88,7 +88,10 @@ def publisher_main(prefix: str, kind: str, count: int, offset: int, part: int, p
     client.loop_start()
     infos = []
     start = time.time()
-    for topic, body in msgs:
+    gap = 1.0 / rate if rate > 0 else 0.0  # messages per second per publisher; 0: as fast as it can
+    for k, (topic, body) in enumerate(msgs):
+        if gap:
+            time.sleep(max(0.0, start + k * gap - time.time()))
         # the send time rides along as an extra top-level field (ignored by the decoder)
         infos.append(client.publish(topic, body[:-1] + f',"sent":{time.time()}}}', qos=1))
     for info in infos:
@@ -104,10 +107,21 @@ PUBLISHERS = int(os.environ.get("HEADEND_BENCH_PUBLISHERS", "2"))
 class Publishers:
     """``PUBLISHERS`` child processes, one connection each, publishing disjoint slices."""
 
-    def __init__(self, prefix: str, kind: str, count: int, offset: int = 0) -> None:
+    def __init__(self, prefix: str, kind: str, count: int, offset: int = 0, rate: float = 0.0) -> None:
         self.procs = [
             subprocess.Popen(
-                [sys.executable, __file__, "--publish", prefix, kind, str(count), str(offset), str(k), str(PUBLISHERS)],
+                [
+                    sys.executable,
+                    __file__,
+                    "--publish",
+                    prefix,
+                    kind,
+                    str(count),
+                    str(offset),
+                    str(k),
+                    str(PUBLISHERS),
+                    str(rate),
+                ],
                 stdout=subprocess.PIPE,
                 text=True,
             )
@@ -119,8 +133,8 @@ class Publishers:
         return min(float(json.loads(p.communicate(timeout=120)[0])["start"]) for p in self.procs)
 
 
-def publish(prefix: str, kind: str, count: int, offset: int = 0) -> Publishers:
-    return Publishers(prefix, kind, count, offset)
+def publish(prefix: str, kind: str, count: int, offset: int = 0, rate: float = 0.0) -> Publishers:
+    return Publishers(prefix, kind, count, offset, rate)
 
 
 # ----------------------------------------------------------------------------- child: Modbus server
@@ -192,7 +206,9 @@ def bare_subscriber_rate(prefix: str, n: int) -> tuple[float, float]:
     return float((n - 1) / (last - first) if got == n else got / 90), 1e6 * cpu / max(1, got)
 
 
-async def through_collector(url: str, prefix: str, kind: str, count: int, readings: int, offset: int) -> dict[str, Any]:
+async def through_collector(
+    url: str, prefix: str, kind: str, count: int, readings: int, offset: int, rate: float = 0.0
+) -> dict[str, Any]:
     from psycopg_pool import AsyncConnectionPool
 
     from ingest.dispatch import Prefixes
@@ -236,9 +252,12 @@ async def through_collector(url: str, prefix: str, kind: str, count: int, readin
     await asyncio.sleep(0.3)
     task = asyncio.create_task(ingest.run())
     c0 = time.process_time()
-    pub = publish(prefix, kind, count, offset)
+    pub = publish(prefix, kind, count, offset, rate)
     try:
         await asyncio.wait_for(done.wait(), 100)
+    except TimeoutError:
+        print(f"timed out: committed {committed} of {count} messages; {collector.health.line()}", file=sys.stderr)
+        raise
     finally:
         end = time.time()
         cpu = time.process_time() - c0
@@ -360,11 +379,24 @@ def main() -> None:
         prefix = f"bench-{uuid.uuid4().hex[:8]}"
         t_all = time.perf_counter()
 
+        def phase(name: str) -> None:
+            print(f"[{time.perf_counter() - t_all:5.1f}s] {name}", file=sys.stderr, flush=True)
+
+        phase("bare paho subscriber")
         bare, bare_cpu_us = bare_subscriber_rate(prefix + "-bare", n_single)
+        phase("one-reading messages through the collector")
         single = asyncio.run(through_collector(url, prefix, "single", n_single, n_single, 0))
+        phase("one-reading messages at a steady 1,000 msg/s (latency without a backlog)")
+        paced_n = int(5_000 * SCALE)
+        paced = asyncio.run(
+            through_collector(url, prefix, "single", paced_n, paced_n, -(-n_single // METERS), rate=500.0)
+        )
+        phase("raw COPY")
         copy_rate = raw_copy_rate(url, int(100_000 * SCALE))
-        steps = n_single // METERS + 1
+        phase("batched payloads through the collector")
+        steps = -(-n_single // METERS) - (-paced_n // METERS)
         batched = asyncio.run(through_collector(url, prefix, "batch", n_batches, n_batches * METERS, steps))
+        phase("Modbus poller")
         modbus = asyncio.run(modbus_polls(url, int(500 * min(SCALE, 1.0)) or 10, 10.0 * min(SCALE, 1.0) or 2))
 
         print(f"ingest bench ({os.cpu_count()} cores, {time.perf_counter() - t_all:.0f}s)")
@@ -380,6 +412,10 @@ def main() -> None:
         print(
             f"    collector side: {single['cpu_us_per_reading']:.0f} us CPU per message"
             f" = {1e6 / single['cpu_us_per_reading']:,.0f} msg/s per core ({single['batches']} batches)"
+        )
+        print(
+            f"  one-reading messages at 1,000 msg/s steady : {paced['readings_per_s']:10,.0f} readings/s"
+            f"  p50 {paced['p50_ms']:.0f} ms  p99 {paced['p99_ms']:.0f} ms (no backlog: batch linger + commit)"
         )
         print(f"  ceiling  raw COPY into readings hypertable : {copy_rate:10,.0f} rows/s")
         print(
@@ -405,7 +441,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--publish":
-        publisher_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]))
+        a = sys.argv[2:]
+        publisher_main(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), int(a[5]), float(a[6]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--modbus-server":
         modbus_server_main([int(p) for p in sys.argv[2].split(",")], int(sys.argv[3]))
     else:
