@@ -91,9 +91,11 @@ def _supply_on(facts: Facts, policy: Policy, now: datetime, action: str) -> Deci
     ]
     deferrals: list[tuple[Reason, datetime | None]] = []
     if not any(triggers):
-        if facts.available_credit_minor is None:
+        # Credit is the trigger: prepaid says credit is no longer exhausted (its restore rule)
+        # and the available credit reaches the policy's reconnect minimum.
+        if facts.available_credit_minor is None or facts.credit_exhausted is None:
             deferrals.append((Reason.BALANCE_UNKNOWN, None))
-        elif facts.available_credit_minor < policy.reconnect.min_credit_minor:
+        elif facts.credit_exhausted or facts.available_credit_minor < policy.reconnect.min_credit_minor:
             return Refused((Reason.INSUFFICIENT_CREDIT,))
     rate_until = _rate_until(
         facts.feeder_recent_reconnects,

@@ -97,19 +97,24 @@ def test_decide_never_raises_on_bad_timezone() -> None:
 
 
 def test_reconnect_ignores_windows_and_kill_switch() -> None:
-    facts = passing_facts(TUESDAY_16, available_credit_minor=600, kill_switch=True, relay_state="disconnected")
+    facts = passing_facts(
+        TUESDAY_16, available_credit_minor=600, credit_exhausted=False, kill_switch=True, relay_state="disconnected"
+    )
     assert decide(facts, POLICY, TUESDAY_16, "arm") == Allowed("arm")
 
 
 def test_reconnect_needs_a_trigger() -> None:
-    facts = passing_facts(available_credit_minor=499, relay_state="disconnected")
+    facts = passing_facts(available_credit_minor=499, credit_exhausted=False, relay_state="disconnected")
     assert decide(facts, POLICY, TUESDAY_10, "arm") == Refused((Reason.INSUFFICIENT_CREDIT,))
+    still_exhausted = replace(facts, available_credit_minor=900, credit_exhausted=True)  # emergency credit only
+    assert decide(still_exhausted, POLICY, TUESDAY_10, "arm") == Refused((Reason.INSUFFICIENT_CREDIT,))
+    assert decide(replace(facts, available_credit_minor=500), POLICY, TUESDAY_10, "arm") == Allowed("arm")
     assert decide(replace(facts, dispute_open=True), POLICY, TUESDAY_10, "arm") == Allowed("arm")
 
 
 def test_reconnect_rate_per_feeder() -> None:
     recent = tuple(TUESDAY_10 - timedelta(seconds=i) for i in range(30))
-    facts = passing_facts(available_credit_minor=600, feeder_recent_reconnects=recent)
+    facts = passing_facts(available_credit_minor=600, credit_exhausted=False, feeder_recent_reconnects=recent)
     decision = decide(facts, POLICY, TUESDAY_10, "arm")
     assert isinstance(decision, Deferred)
     assert decision.reasons == (Reason.FEEDER_RATE,)
@@ -235,7 +240,7 @@ def test_property_deferred_until_is_an_allowed_instant(case: tuple[Facts, dateti
 @given(case=any_facts())
 def test_property_supply_on_never_blocked_by_window_or_unknowns(action: str, case: tuple[Facts, datetime]) -> None:
     facts, now = case
-    facts = replace(facts, available_credit_minor=10_000, feeder_recent_reconnects=())
+    facts = replace(facts, available_credit_minor=10_000, credit_exhausted=False, feeder_recent_reconnects=())
     assert decide(facts, POLICY, now, action) == Allowed(action)
 
 
