@@ -242,3 +242,30 @@ async def test_quarantine_inspect_and_replay_after_fix(
     assert still_bad.json()["accepted"] is False and "still rejected" in still_bad.json()["result"]
     replayed = await client.get("/v1/quarantine", params={"replayed": "true"}, headers=op)
     assert {q["id"] for q in replayed.json()["items"]} == {good, bad}
+
+
+async def test_delivery_receipt_is_what_controls_guard_reads(
+    client: httpx.AsyncClient, keys: Keys, seeded: str
+) -> None:
+    """The receipt endpoint feeds control's guard: 'notice not delivered' disappears once confirmed."""
+    with psycopg.connect(seeded) as conn:
+        row = conn.execute(
+            "insert into notices (account_id, kind, status, sent_at)"
+            " values ('A-1', 'pending_disconnection', 'sent', %s) returning id",
+            (NOW - timedelta(hours=30),),
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            "insert into disconnect_plans (account_id, meter_id, notice_id) values ('A-1', 'M-1', %s)", (row[0],)
+        )
+    op = keys.headers("operator")
+    before = await client.get("/v1/accounts/A-1/explain", headers=op)
+    assert before.status_code == 200, before.text
+    assert "notice_not_delivered" in before.json()["decision"]["reasons"]
+    receipt = await client.post(
+        f"/v1/notices/{row[0]}/delivery", json={"delivered_at": (NOW - timedelta(hours=29)).isoformat()}, headers=op
+    )
+    assert receipt.status_code == 200
+    after = await client.get("/v1/accounts/A-1/explain", headers=op)
+    reasons = after.json()["decision"].get("reasons", [])
+    assert not any(r.startswith("notice_") for r in reasons), reasons
