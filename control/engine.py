@@ -935,6 +935,45 @@ class Engine:
                         opened += 1
         return opened
 
+    async def recheck_unknown(self, older_than_s: float = 600.0, limit: int = 50) -> int:
+        """Read back meters whose command ended UNKNOWN; a read-back that now agrees confirms it
+        (the work order stays for the person to close), any known relay state is recorded."""
+        now = self._now()
+        async with self._connect() as conn:
+            cur = await conn.execute(
+                f"select {store.COMMAND_COLUMNS} from commands where state = 'unknown' and updated_at < %s"
+                " order by updated_at limit %s",
+                (now - timedelta(seconds=older_than_s), limit),
+            )
+            commands = [store.Command(*r) for r in await cur.fetchall()]
+            settled = 0
+            for command in commands:
+                meter = await self._address(conn, command.meter_id)
+                transport = self._transports.get(meter.protocol)
+                relay: str | None = None
+                if transport is not None:
+                    try:
+                        relay = await transport.read_relay(meter, self.settings.readback_timeout_s)
+                    except DispatchError as exc:
+                        logger.info("read-back of %s still failing: %s", command.meter_id, exc)
+                async with conn.transaction():
+                    if relay in ("connected", "disconnected", "armed", "load_limited"):
+                        await store.set_relay_state(conn, command.meter_id, str(relay), now)
+                    if relay in TARGET_RELAY.get(command.action, ()):
+                        await store.transition(conn, command, "confirm", now, confirmed_at=now, relay_read_back=relay)
+                        await audit.append(
+                            conn,
+                            actor="control",
+                            action="command_confirmed_late",
+                            subject=command.meter_id,
+                            detail={"command_id": command.id, "relay": relay},
+                            at=now,
+                        )
+                        settled += 1
+                    else:
+                        await conn.execute("update commands set updated_at = %s where id = %s", (now, command.id))
+        return settled
+
     async def on_state_report(self, meter_id: str, body: dict[str, Any]) -> None:
         relay = body.get("relay")
         if relay not in ("connected", "disconnected", "armed", "load_limited"):

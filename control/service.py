@@ -93,6 +93,9 @@ async def run(settings: ControlSettings, clock: Clock, started: asyncio.Event | 
             tg.create_task(_loop(engine.dispatch_due, wake_dispatch, poll, None), name="control-dispatch")
             timers = asyncio.Event()
             tg.create_task(_loop(engine.check_timers, timers, settings.control_timers_s, None), name="control-timers")
+            tg.create_task(
+                _loop(engine.recheck_unknown, asyncio.Event(), settings.control_timers_s, None), name="control-unknown"
+            )
             tg.create_task(_states(engine, states), name="control-states")
             wake_events.set()
             wake_dispatch.set()

@@ -88,3 +88,41 @@ async def test_full_cycle(db_url: str, mqtt_prefix: str, mqtt_host: str, mqtt_po
                 assert await audit.verify(conn) == []
     finally:
         meter.stop()
+
+
+async def test_meter_that_lies_ends_unknown_with_work_order_never_disconnected(
+    db_url: str, mqtt_prefix: str, mqtt_host: str, mqtt_port: int
+) -> None:
+    clock = SettableClock(T0)
+    ((account, meter_id),) = register_site(db_url, now=T0)
+    good_conditions(db_url, T0)
+    meter = FakeMeter(meter_id, mqtt_prefix, mqtt_host, mqtt_port, mode="liar").start()
+    try:
+        async with pool(db_url) as p, control_mqtt(mqtt_prefix, mqtt_host, mqtt_port) as client:
+            engine, transport = engine_for(p, client, mqtt_prefix, clock)
+            await transport.ready()
+            account_event(db_url, account, "emergency_credit_started", T0)
+            await engine.process_events()
+            deliver_notices(db_url, clock.advance(minutes=1))
+            account_event(db_url, account, "credit_exhausted", clock.advance(minutes=5))
+            await engine.process_events()
+            ((cmd_id, not_before),) = rows(db_url, "select id, not_before from commands")
+            clock.at = not_before - timedelta(minutes=30)
+            deliver_notices(db_url, clock.at, "final_reminder")
+            clock.at = not_before
+            good_conditions(db_url, clock.at)
+            for _ in range(3):  # acked "ok" each time, yet the read-back still says connected
+                assert await engine.dispatch_due() == 1
+                clock.advance(minutes=1)
+            assert rows(db_url, "select state, attempts from commands where id = %s", cmd_id) == [("unknown", 3)]
+            assert rows(db_url, "select relay_state from meters") == [("unknown",)]
+            assert rows(db_url, "select kind from cases") == [("field_work_order",)]
+            assert meter.trips == 3
+            # The field crew opens the relay by hand; a later read-back confirms the command.
+            meter.relay = "disconnected"
+            clock.advance(minutes=15)
+            assert await engine.recheck_unknown() == 1
+            assert rows(db_url, "select state from commands where id = %s", cmd_id) == [("confirmed",)]
+            assert rows(db_url, "select relay_state from meters") == [("disconnected",)]
+    finally:
+        meter.stop()
