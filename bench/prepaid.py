@@ -45,6 +45,8 @@ from prepaid.service import listen_billing, run_billing  # noqa: E402
 from prepaid.settings import PrepaidSettings  # noqa: E402
 
 BASE = "postgresql://postgres@127.0.0.1:5432/postgres"
+WORKERS = 2
+BATCH = 2000
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
 TOU = {
     "kind": "tou",
@@ -132,16 +134,21 @@ def produce(url: str, meters: int, rate: int, seconds: float, rounds0: int) -> t
 
 
 async def engine_until(url: str, settings: PrepaidSettings, stop: asyncio.Event, on_batch: Any) -> None:
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(url, min_size=1, max_size=2, open=False)
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        url, min_size=1, max_size=settings.prepaid_workers + 1, open=False
+    )
     await pool.open()
-    wake = asyncio.Event()
+    wakes = [asyncio.Event() for _ in range(settings.prepaid_workers)]
     try:
         async with asyncio.TaskGroup() as tg:
-            listener = tg.create_task(listen_billing(url, wake), name="bench-listen")
-            billing = tg.create_task(run_billing(pool, settings, Clock(), wake, on_batch), name="bench-billing")
+            tasks = [tg.create_task(listen_billing(url, wakes), name="bench-listen")]
+            for i, wake in enumerate(wakes):
+                tasks.append(
+                    tg.create_task(run_billing(pool, settings, Clock(), wake, on_batch), name=f"bench-billing-{i}")
+                )
             await stop.wait()
-            listener.cancel()
-            billing.cancel()
+            for t in tasks:
+                t.cancel()
     finally:
         await pool.close()
 
@@ -153,7 +160,7 @@ async def queue_len(url: str) -> int:
 
 
 async def paced(url: str, meters: int, rate: int, seconds: float) -> dict[str, float]:
-    settings = PrepaidSettings(database_url=url, prepaid_batch_size=2000, prepaid_poll_s=0.5)
+    settings = PrepaidSettings(database_url=url, prepaid_batch_size=BATCH, prepaid_poll_s=0.5, prepaid_workers=WORKERS)
     done_at: dict[int, float] = {}
     batches: list[int] = []
 
@@ -195,7 +202,7 @@ async def saturation(url: str, meters: int, rounds0: int, rounds: int) -> dict[s
     # pre-fill without an engine running: one slice of rounds * meters readings
     produce(url, meters, meters * 10 * rounds, 0.05, rounds0)
     queued = await queue_len(url)
-    settings = PrepaidSettings(database_url=url, prepaid_batch_size=2000, prepaid_poll_s=0.2)
+    settings = PrepaidSettings(database_url=url, prepaid_batch_size=BATCH, prepaid_poll_s=0.2, prepaid_workers=WORKERS)
     rows: list[int] = []
     intervals: list[int] = []
     stop = asyncio.Event()
@@ -281,7 +288,12 @@ async def main() -> None:
     ap.add_argument("--rate", type=int, default=2000)
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--saturation-rounds", type=int, default=15)
+    ap.add_argument("--workers", type=int, default=2, help="billing tasks (HEADEND_PREPAID_WORKERS)")
+    ap.add_argument("--batch", type=int, default=2000, help="rows per transaction (HEADEND_PREPAID_BATCH_SIZE)")
     args = ap.parse_args()
+    global WORKERS, BATCH
+    WORKERS, BATCH = args.workers, args.batch
+    print(f"prepaid bench: {args.meters} meters, {args.workers} billing workers, batches up to {args.batch} rows")
     name = f"headend_bench_prepaid_{uuid.uuid4().hex[:8]}"
     url = db.create_database(BASE, name)
     try:

@@ -1,8 +1,10 @@
 """The prepaid service: debit engine, daily rules and notices outbox, one async block.
 
-Tasks (one TaskGroup): ``prepaid-listen`` (LISTEN billing, wakes the engine),
-``prepaid-billing`` (bill_batch until the queue is drained, then wait for a NOTIFY
-or the poll interval), ``prepaid-daily`` (daily.daily_tick every
+Tasks (one TaskGroup): ``prepaid-listen`` (LISTEN billing, wakes the workers),
+``prepaid-billing-<n>`` (``prepaid_workers`` of them, default 2: bill_batch until the
+queue is drained, then wait for a NOTIFY or the poll interval; while one waits on the
+database the other computes, and SKIP LOCKED claims plus per-meter row locks taken in
+meter-id order keep them apart without deadlocks), ``prepaid-daily`` (daily.daily_tick every
 ``prepaid_daily_every_s``) and ``prepaid-notices`` (notices.deliver_due).
 Cancellation (SIGTERM) interrupts between transactions or rolls the current one
 back; nothing is half-posted. Several processes may run side by side: claims use
@@ -30,18 +32,21 @@ from prepaid.settings import PrepaidSettings
 logger = logging.getLogger(__name__)
 
 
-async def listen_billing(url: str, wake: asyncio.Event) -> None:
-    """Set ``wake`` on every NOTIFY billing; reconnect with backoff."""
+async def listen_billing(url: str, wake: asyncio.Event | list[asyncio.Event]) -> None:
+    """Set ``wake`` (each billing worker's event) on every NOTIFY billing; reconnect with backoff."""
+    events = wake if isinstance(wake, list) else [wake]
     backoff = delays(0.5, 30.0)
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
                 await conn.execute("listen billing")
                 backoff = delays(0.5, 30.0)
-                wake.set()  # anything queued while we were not listening
+                for e in events:  # anything queued while we were not listening
+                    e.set()
                 while True:
                     async for _ in conn.notifies(timeout=30.0):
-                        wake.set()
+                        for e in events:
+                            e.set()
         except psycopg.OperationalError as exc:
             logger.warning("billing listener lost its connection: %s", exc)
             await asyncio.sleep(next(backoff))
@@ -112,7 +117,10 @@ async def serve(settings: PrepaidSettings | None = None, clock: Clock | None = N
     settings = settings or PrepaidSettings()
     clock = clock or clock_from_env()
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        settings.database_url, min_size=1, max_size=settings.prepaid_pool_size, open=False
+        settings.database_url,
+        min_size=1,
+        max_size=max(settings.prepaid_pool_size, settings.prepaid_workers + 2),
+        open=False,
     )
     await pool.open()
     timeout = httpx.Timeout(settings.prepaid_webhook_timeout_s)
@@ -123,11 +131,14 @@ async def serve(settings: PrepaidSettings | None = None, clock: Clock | None = N
                 if not settings.prepaid_webhook_url:
                     raise ValueError("HEADEND_PREPAID_WEBHOOK_URL is required for the webhook sender")
                 sender = WebhookSender(http, settings.prepaid_webhook_url)
-            wake = asyncio.Event()
-            logger.info("prepaid engine started (batch %s)", settings.prepaid_batch_size)
+            wakes = [asyncio.Event() for _ in range(settings.prepaid_workers)]
+            logger.info(
+                "prepaid engine started (%s workers, batch %s)", settings.prepaid_workers, settings.prepaid_batch_size
+            )
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(listen_billing(settings.database_url, wake), name="prepaid-listen")
-                tg.create_task(run_billing(pool, settings, clock, wake), name="prepaid-billing")
+                tg.create_task(listen_billing(settings.database_url, wakes), name="prepaid-listen")
+                for i, wake in enumerate(wakes):
+                    tg.create_task(run_billing(pool, settings, clock, wake), name=f"prepaid-billing-{i}")
                 tg.create_task(run_daily(pool, settings, clock), name="prepaid-daily")
                 tg.create_task(run_notices(pool, settings, clock, sender), name="prepaid-notices")
     finally:

@@ -9,6 +9,7 @@ class PrepaidSettings(CommonSettings):
     """Built once in ``service.serve`` and passed down."""
 
     prepaid_batch_size: int = 2000  # billing_queue rows per transaction
+    prepaid_workers: int = 2  # billing tasks (overlap database waits with pricing)
     prepaid_poll_s: float = 1.0  # poll even without NOTIFY (missed notifications, holds cleared)
     prepaid_interval_s: int = 900  # fixed billing interval
     prepaid_daily_every_s: float = 60.0  # standing charges, daily use, friendly-hours tick, plans
