@@ -101,6 +101,24 @@ class MeterIn(Request):
     supports_load_limit: bool = False
 
 
+class MeterPatch(Request):
+    """Fields to change on a registered meter (absent fields stay as they are)."""
+
+    service_point_id: Id | None = None
+    model: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    mqtt_topic: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    modbus_host: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    modbus_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    modbus_unit: Annotated[int, Field(ge=0, le=255)] | None = None
+    modbus_map: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    poll_interval_s: Annotated[int, Field(ge=1, le=86400)] | None = None
+    rated_current_a: Annotated[int, Field(ge=1, le=10000)] | None = None
+    nominal_voltage_v: Annotated[int, Field(ge=1, le=100000)] | None = None
+    phases: Literal[1, 3] | None = None
+    register_max_wh: Annotated[int, Field(ge=1, le=10**15)] | None = None
+    supports_load_limit: bool | None = None
+
+
 class LastReading(BaseModel):
     ts: datetime
     values: dict[str, float] = Field(description="OBIS code -> value at ts")

@@ -120,6 +120,27 @@ async def insert_meter(conn: psycopg.AsyncConnection[Any], meter: Row) -> Row:
     return row
 
 
+async def update_meter(conn: psycopg.AsyncConnection[Any], meter_id: str, changes: Row) -> Row:
+    if changes.get("service_point_id") is not None:
+        exists = await _one(conn, "select 1 as x from service_points where id = %s", (changes["service_point_id"],))
+        if exists is None:
+            raise Unprocessable(
+                f"service point {changes['service_point_id']} does not exist",
+                code="unknown-reference",
+                errors=[{"field": "body.service_point_id", "message": "no such service point"}],
+            )
+    if not changes:
+        return await get_meter(conn, meter_id)
+    query = sql.SQL("update meters set {} where id = {} returning " + METER_COLUMNS).format(
+        sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(c), sql.Placeholder(c)) for c in changes),
+        sql.Placeholder("_id"),
+    )
+    row = await _one(conn, query, {**changes, "_id": meter_id})
+    if row is None:
+        raise NotFound(f"meter {meter_id} not found")
+    return row
+
+
 async def list_meters(
     conn: psycopg.AsyncConnection[Any],
     *,

@@ -11,7 +11,7 @@ from api import store
 from api.auth import OPERATORS, READERS, Principal, requires
 from api.deps import Conn, Now
 from api.errors import ProblemRoute, Unprocessable
-from api.schemas import ID_PATTERN, HoldResolveIn, MeterIn, MeterOut, Page, ServicePointIn, ServicePointOut
+from api.schemas import ID_PATTERN, HoldResolveIn, MeterIn, MeterOut, MeterPatch, Page, ServicePointIn, ServicePointOut
 from prepaid import operations as prepaid
 from prepaid.models import HoldResolution
 
@@ -88,6 +88,16 @@ async def list_meters(
 @router.get("/meters/{meter_id}", response_model=MeterOut, summary="A meter: relay and comms state, last reading")
 async def get_meter(meter_id: str, conn: Conn, _: Readers) -> Any:
     row = await store.get_meter(conn, meter_id)
+    return {**row, "last_reading": await store.last_reading(conn, meter_id)}
+
+
+@router.patch(
+    "/meters/{meter_id}",
+    response_model=MeterOut,
+    summary="Change a meter's registration (e.g. map a Tasmota/Shelly device topic, then replay quarantine)",
+)
+async def update_meter(meter_id: str, body: MeterPatch, conn: Conn, _: Operators) -> Any:
+    row = await store.update_meter(conn, meter_id, body.model_dump(mode="json", exclude_unset=True, exclude_none=True))
     return {**row, "last_reading": await store.last_reading(conn, meter_id)}
 
 

@@ -20,6 +20,7 @@ ROUTES: list[tuple[str, str, dict[str, object] | None, set[str]]] = [
     ("GET", "/v1/service-points", None, {"admin", "operator", "approver"}),
     ("POST", "/v1/service-points", {"id": "SP-NEW", "feeder": "F-9"}, {"admin", "operator"}),
     ("POST", "/v1/meters", {"id": "M-NEW", "service_point_id": "SP-1"}, {"admin", "operator"}),
+    ("PATCH", "/v1/meters/M-1", {"model": "native"}, {"admin", "operator"}),
     ("GET", "/v1/meters/M-1/readings", None, {"admin", "operator", "approver"}),
     ("GET", "/v1/areas/north/readings/aggregate", None, {"admin", "operator", "approver"}),
     ("GET", "/v1/events", None, {"admin", "operator", "approver"}),

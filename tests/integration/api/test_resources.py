@@ -269,3 +269,30 @@ async def test_delivery_receipt_is_what_controls_guard_reads(
     after = await client.get("/v1/accounts/A-1/explain", headers=op)
     reasons = after.json()["decision"].get("reasons", [])
     assert not any(r.startswith("notice_") for r in reasons), reasons
+
+
+async def test_patch_meter_then_replay_tasmota_device(client: httpx.AsyncClient, keys: Keys, seeded: str) -> None:
+    """The usual fix for 'unknown_device': map the device topic to its meter, then replay."""
+    payload = json.dumps({"Time": "2026-11-24T09:00:00", "ENERGY": {"Total": 12.5, "Power": 40, "Voltage": 230}})
+    with psycopg.connect(seeded) as conn:
+        row = conn.execute(
+            "insert into quarantine (source, topic, payload, reason)"
+            " values ('mqtt', 'tele/kitchen/SENSOR', %s, 'unknown_device: tasmota device ''kitchen''') returning id",
+            (payload.encode(),),
+        ).fetchone()
+    assert row is not None
+    op = keys.headers("operator")
+    before = await client.post(f"/v1/quarantine/{row[0]}/replay", headers=op)
+    assert before.json()["accepted"] is False and "unknown_device" in before.json()["result"]
+    patched = await client.patch("/v1/meters/M-2", json={"mqtt_topic": "kitchen", "model": "tasmota"}, headers=op)
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["mqtt_topic"] == "kitchen" and patched.json()["protocol"] == "mqtt"
+    after = await client.post(f"/v1/quarantine/{row[0]}/replay", headers=op)
+    assert after.json()["accepted"] is True, after.json()
+    with psycopg.connect(seeded) as conn:
+        value = conn.execute("select value from readings where meter_id = 'M-2' and obis = '1-0:1.8.0'").fetchone()
+    assert value == (12500.0,)  # Tasmota Total is kWh; stored in Wh
+    bad = await client.patch("/v1/meters/M-2", json={"service_point_id": "SP-NONE"}, headers=op)
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body.service_point_id"
+    assert (await client.patch("/v1/meters/NOPE", json={"model": "x"}, headers=op)).status_code == 404
+    assert (await client.patch("/v1/meters/M-2", json={"id": "M-3"}, headers=op)).status_code == 422
