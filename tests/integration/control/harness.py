@@ -24,7 +24,8 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 from psycopg_pool import AsyncConnectionPool
 
-from control.dispatch import no_delay
+from control.dispatch import Ack, MeterAddress, Outgoing, no_delay
+from control.engine import Engine, EngineSettings
 from headend import registry
 
 NEXT_STATE = {
@@ -247,3 +248,60 @@ async def control_mqtt(prefix: str, host: str, port: int) -> Any:
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+@dataclass
+class RecordingTransport:
+    """A meter network stand-in: records every command, answers like a meter would."""
+
+    relay: dict[str, str] = field(default_factory=dict)
+    sent: list[tuple[str, str]] = field(default_factory=list)
+    reject: dict[str, str] = field(default_factory=dict)  # action -> reason
+
+    async def send(self, meter: MeterAddress, cmd: Outgoing, timeout_s: float) -> Ack:
+        self.sent.append((meter.meter_id, cmd.action))
+        if cmd.action in self.reject:
+            return Ack("rejected", self.relay.get(meter.meter_id, "connected"), self.reject[cmd.action])
+        target = {"disconnect": "disconnected", "arm": "armed", "reconnect": "connected"}
+        target |= {"load_limit": "load_limited", "clear_load_limit": "connected"}
+        if cmd.action in target:
+            self.relay[meter.meter_id] = target[cmd.action]
+        return Ack("ok", self.relay.get(meter.meter_id, "connected"))
+
+    async def read_relay(self, meter: MeterAddress, timeout_s: float) -> str | None:
+        return self.relay.get(meter.meter_id, "connected")
+
+
+class Rig:
+    def __init__(self, db_url: str, p: Any, clock: SettableClock, transport: RecordingTransport) -> None:
+        self.db_url, self.pool, self.clock, self.transport = db_url, p, clock, transport
+        self.engine = Engine(
+            p.connection,
+            {"mqtt": transport},
+            clock.now,
+            EngineSettings(worker_id="t", ack_timeout_s=1, readback_timeout_s=1, backoff_base_s=0.01),
+        )
+
+    def rows(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
+        return rows(self.db_url, query, *args)
+
+    def sql(self, query: str, *args: Any) -> None:
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            conn.execute(query, args)
+
+    async def at_execution_time(self, account: str) -> int:
+        """Plan a disconnect (credit exhausted at clock time), deliver the notices, and move the
+        clock to the planned execution time with fresh conditions; returns the command id."""
+        account_event(self.db_url, account, "emergency_credit_started", self.clock.at)
+        await self.engine.process_events()
+        deliver_notices(self.db_url, self.clock.advance(minutes=1), "pending_disconnection")
+        account_event(self.db_url, account, "credit_exhausted", self.clock.advance(minutes=10))
+        await self.engine.process_events()
+        ((cmd_id, not_before),) = self.rows(
+            "select id, not_before from commands where account_id = %s and action = 'disconnect'", account
+        )
+        self.clock.at = not_before - timedelta(minutes=30)
+        deliver_notices(self.db_url, self.clock.at, "final_reminder")
+        self.clock.at = not_before
+        good_conditions(self.db_url, not_before)
+        return int(cmd_id)
