@@ -435,6 +435,13 @@ class QuarantineDetailOut(QuarantineOut):
     payload_text: str | None = Field(description="the payload as UTF-8 text, null if it is not valid UTF-8")
 
 
+class ReplayManyIn(Request):
+    meter_id: Id | None = None
+    reason_prefix: Annotated[str, Field(min_length=1, max_length=100, examples=["unknown_device"])] | None = None
+    include_replayed: bool = Field(False, description="also items replayed before")
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+
+
 class ReplayOut(BaseModel):
     id: int
     accepted: bool
@@ -515,3 +522,9 @@ class InstallmentPaymentIn(Request):
     channel: Channel
     reference: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
     amount_minor: Annotated[int, Field(gt=0, le=100_000_000)]
+
+
+class ReplayManyOut(BaseModel):
+    replayed: int
+    accepted: int
+    items: list[ReplayOut]

@@ -485,6 +485,25 @@ async def list_quarantine(
     return await _all(conn, query, [*params, limit])
 
 
+async def quarantine_ids(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    meter_id: str | None,
+    reason_prefix: str | None,
+    include_replayed: bool,
+    limit: int,
+) -> list[int]:
+    rows = await _all(
+        conn,
+        "select id from quarantine where source = 'mqtt' and topic is not null"
+        " and (%(m)s::text is null or meter_id = %(m)s)"
+        " and (%(r)s::text is null or starts_with(reason, %(r)s))"
+        " and (%(all)s or replayed_at is null) order by id limit %(limit)s",
+        {"m": meter_id, "r": reason_prefix, "all": include_replayed, "limit": limit},
+    )
+    return [int(r["id"]) for r in rows]
+
+
 async def get_quarantined(conn: psycopg.AsyncConnection[Any], qid: int) -> Row:
     row = await _one(conn, f"select {QUARANTINE_COLUMNS}, payload from quarantine where id = %s", (qid,))
     if row is None:

@@ -8,6 +8,7 @@ payload of a quarantined message through ingest's decoder and writer.
 from __future__ import annotations
 
 import base64
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -17,7 +18,17 @@ from api.auth import OPERATORS, READERS, Principal, requires, requires_briefly
 from api.deps import Conn, Now
 from api.errors import ProblemRoute
 from api.replay import replay as replay_item
-from api.schemas import ID_PATTERN, DeliveryReceiptIn, NoticeOut, Page, QuarantineDetailOut, QuarantineOut, ReplayOut
+from api.schemas import (
+    ID_PATTERN,
+    DeliveryReceiptIn,
+    NoticeOut,
+    Page,
+    QuarantineDetailOut,
+    QuarantineOut,
+    ReplayManyIn,
+    ReplayManyOut,
+    ReplayOut,
+)
 from api.settings import ApiSettings
 from ingest.dispatch import Prefixes
 
@@ -104,6 +115,29 @@ async def get_quarantined(item_id: int, conn: Conn, _: Readers) -> Any:
     summary="Re-submit the raw payload through ingest's decoder and writer (after a fix)",
 )
 async def replay(item_id: int, request: Request, now: Now, _: BriefOperators) -> Any:
+    return await _replay_one(request, item_id, now)
+
+
+@router.post(
+    "/quarantine/replay",
+    tags=["quarantine"],
+    response_model=ReplayManyOut,
+    summary="Replay every MQTT item matching a filter (oldest first, at most limit)",
+)
+async def replay_many(body: ReplayManyIn, request: Request, now: Now, _: BriefOperators) -> Any:
+    async with request.app.state.pool.connection() as conn:
+        ids = await store.quarantine_ids(
+            conn,
+            meter_id=body.meter_id,
+            reason_prefix=body.reason_prefix,
+            include_replayed=body.include_replayed,
+            limit=body.limit,
+        )
+    items = [await _replay_one(request, qid, now) for qid in ids]
+    return {"replayed": len(items), "accepted": sum(1 for i in items if i["accepted"]), "items": items}
+
+
+async def _replay_one(request: Request, item_id: int, now: datetime) -> dict[str, Any]:
     # No request-wide connection: ingest's writer borrows its own from the pool.
     settings: ApiSettings = request.app.state.settings
     pool = request.app.state.pool

@@ -296,3 +296,28 @@ async def test_patch_meter_then_replay_tasmota_device(client: httpx.AsyncClient,
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body.service_point_id"
     assert (await client.patch("/v1/meters/NOPE", json={"model": "x"}, headers=op)).status_code == 404
     assert (await client.patch("/v1/meters/M-2", json={"id": "M-3"}, headers=op)).status_code == 422
+
+
+async def test_replay_many_by_reason(client: httpx.AsyncClient, keys: Keys, seeded: str) -> None:
+    with psycopg.connect(seeded) as conn:
+        for hour, total in ((8, 10.0), (9, 10.5)):
+            payload = json.dumps({"Time": f"2026-11-24T0{hour}:00:00", "ENERGY": {"Total": total}})
+            conn.execute(
+                "insert into quarantine (source, topic, payload, reason)"
+                " values ('mqtt', 'tele/garage/SENSOR', %s, 'unknown_device: garage')",
+                (payload.encode(),),
+            )
+        conn.execute(
+            "insert into quarantine (source, topic, payload, reason)"
+            " values ('mqtt', 'headend/v1/meters/M-1/readings', 'x', 'malformed_json')"
+        )
+    op = keys.headers("operator")
+    await client.patch("/v1/meters/M-1", json={"mqtt_topic": "garage"}, headers=op)
+    r = await client.post("/v1/quarantine/replay", json={"reason_prefix": "unknown_device"}, headers=op)
+    assert r.status_code == 200, r.text
+    assert (r.json()["replayed"], r.json()["accepted"]) == (2, 2)
+    again = await client.post("/v1/quarantine/replay", json={"reason_prefix": "unknown_device"}, headers=op)
+    assert again.json()["replayed"] == 0  # already replayed items are skipped unless include_replayed
+    everything = await client.post("/v1/quarantine/replay", json={"include_replayed": True}, headers=op)
+    assert (everything.json()["replayed"], everything.json()["accepted"]) == (3, 2)
+    assert (await client.post("/v1/quarantine/replay", json={}, headers=keys.headers("approver"))).status_code == 403
