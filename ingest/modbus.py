@@ -22,6 +22,7 @@ import json
 import logging
 import struct
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +106,22 @@ class PollerHealth:
 ClientFactory = Callable[[ModbusMeter, float], AsyncModbusTcpClient]
 
 
+def in_shard(meter_id: str, shard: int, shards: int) -> bool:
+    """Whether poller ``shard`` of ``shards`` owns a meter (a stable hash of its id)."""
+    return shards <= 1 or zlib.crc32(meter_id.encode()) % shards == shard
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"k/n"`` (0 <= k < n) -> (k, n); empty -> (0, 1)."""
+    if not text:
+        return 0, 1
+    k, _, n = text.partition("/")
+    shard, shards = int(k), int(n)
+    if not 0 <= shard < shards:
+        raise ValueError(f"bad shard {text!r}: need k/n with 0 <= k < n")
+    return shard, shards
+
+
 def tcp_client(meter: ModbusMeter, timeout_s: float) -> AsyncModbusTcpClient:
     # reconnect_delay=0: no background reconnect task; the poller reconnects on its schedule.
     return AsyncModbusTcpClient(meter.host, port=meter.port, timeout=timeout_s, retries=0, reconnect_delay=0)
@@ -128,6 +145,7 @@ class ModbusPoller:
         batch_size: int = 2000,
         linger_s: float = 0.1,
         reload_s: float = 60.0,
+        shard: tuple[int, int] = (0, 1),
         client_factory: ClientFactory = tcp_client,
         clock: Callable[[], Any] | None = None,
     ) -> None:
@@ -141,6 +159,7 @@ class ModbusPoller:
         self.batch_size = batch_size
         self.linger_s = linger_s
         self.reload_s = reload_s
+        self.shard = shard
         self.client_factory = client_factory
         self.clock = clock or utc_now
         self.states: dict[str, _State] = {}
@@ -157,6 +176,8 @@ class ModbusPoller:
         seen = set()
         for r in rows:
             meter = ModbusMeter(r[0], r[1], int(r[2]), int(r[3]), str(r[4]).lower(), float(r[5]))
+            if not in_shard(meter.meter_id, *self.shard):
+                continue
             if meter.register_map not in MAPS:
                 logger.error("meter %s: unknown modbus_map %r; not polled", meter.meter_id, meter.register_map)
                 continue

@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ingest.decode import subscriptions
 from ingest.dispatch import Prefixes, decode_message
-from ingest.modbus import ModbusPoller
+from ingest.modbus import ModbusPoller, parse_shard
 from ingest.models import Item
 from ingest.mqtt import MqttCollector, MqttOptions
 from ingest.settings import IngestSettings
@@ -258,6 +258,7 @@ async def serve_modbus(settings: IngestSettings | None = None) -> None:
             backoff_cap_s=settings.modbus_backoff_cap_s,
             read_relay=settings.modbus_read_relay,
             reload_s=settings.modbus_reload_s,
+            shard=parse_shard(settings.modbus_shard),
         )
         await poller.load()
         logger.info("polling %d Modbus meter(s)", len(poller.states))
