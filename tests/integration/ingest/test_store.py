@@ -157,3 +157,37 @@ async def test_comms_restored_once(pool: AsyncConnectionPool[Any], fleet: str) -
     res = await w.write([native("M-1", (at(15), 2))], NOW + timedelta(seconds=1))
     assert res.restored == []
     assert query(fleet, "select count(*) from meter_events where kind = 'comms_restored'")[0][0] == 1
+
+
+async def test_item_the_database_refuses_is_quarantined_alone(pool: AsyncConnectionPool[Any], fleet: str) -> None:
+    """jsonb refuses \\u0000: that message goes to quarantine as store_error, the rest of the batch is stored."""
+    from ingest.store import write_resilient
+
+    w = await writer(pool)
+    poison = b'{"v":1,"events":[{"ts":"2026-11-29T10:00:00Z","kind":"tamper","detail":{"note":"a\\u0000b"}}]}'
+    items = [
+        native("M-1", (at(0), 1000)),
+        decode_message("hq/v1/meters/M-2/events", poison, w.directory, PFX),
+        native("M-2", (at(0), 2000)),
+    ]
+    assert items[1].decoded is not None  # valid JSON, valid event: only PostgreSQL refuses it
+    result = await write_resilient(w, items, lambda: NOW)
+    assert result.readings_new == 2 and result.quarantined == 1
+    rows = query(fleet, "select topic, reason, payload from quarantine")
+    assert rows[0][0] == "hq/v1/meters/M-2/events" and rows[0][1].startswith("store_error")
+    assert rows[0][2] == poison
+
+
+async def test_silent_mqtt_meter_is_lost_once(pool: AsyncConnectionPool[Any], fleet: str) -> None:
+    from ingest.service import sweep_stale
+
+    query(
+        fleet,
+        "update meters set comms_state = 'online', last_seen_at = %s where id = 'M-1'",
+        (NOW - timedelta(hours=1),),
+    )
+    query(fleet, "update meters set comms_state = 'online', last_seen_at = %s where id = 'M-2'", (NOW,))
+    assert await sweep_stale(pool, NOW, 3.0) == ["M-1"]  # 3 x 900 s < 1 h
+    assert await sweep_stale(pool, NOW + timedelta(minutes=1), 3.0) == []
+    assert query(fleet, "select meter_id, kind from meter_events") == [("M-1", "comms_lost")]
+    assert query(fleet, "select comms_state from meters where id = 'M-1'") == [("lost",)]
