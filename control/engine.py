@@ -411,9 +411,11 @@ class Engine:
                     timedelta(seconds=self.settings.lease_s),
                     self.settings.batch,
                 )
-        async with asyncio.TaskGroup() as tg:
-            for command in claimed:
-                tg.create_task(self._process_one(command), name=f"command-{command.id}")
+        # Higher priority (protected customers' reconnects) strictly first, then concurrently.
+        for priority in sorted({c.priority for c in claimed}, reverse=True):
+            async with asyncio.TaskGroup() as tg:
+                for command in (c for c in claimed if c.priority == priority):
+                    tg.create_task(self._process_one(command), name=f"command-{command.id}")
         return len(claimed)
 
     async def _process_one(self, command: store.Command) -> None:
@@ -476,17 +478,24 @@ class Engine:
             async with conn.transaction():
                 await store.transition(conn, command, "cancel", now, last_error="meter has no open account")
             return
-        async with conn.transaction():
-            policy = await self._policy(conn, site, now)
-            request = await self._request_for(conn, command)
-            facts = await store.load_facts(conn, site, now, policy, request, command.action)
-        decision = decide(facts, policy, now, command.action)
-        if isinstance(decision, Allowed):
-            await self._send(conn, command, meter, decision.action, policy, now, decision.notes)
-        elif isinstance(decision, Deferred):
-            await self._defer(conn, command, site, policy, decision, now)
-        else:
-            await self._refuse(conn, command, decision, now)
+        # The feeder's rate is read and the send committed under one per-feeder lock, so
+        # concurrent workers (and processes) cannot all pass the same rate check.
+        feeder_lock = FeederLock(conn, site.feeder if command.action in RATE_LIMITED else None)
+        await feeder_lock.acquire()
+        try:
+            async with conn.transaction():
+                policy = await self._policy(conn, site, now)
+                request = await self._request_for(conn, command)
+                facts = await store.load_facts(conn, site, now, policy, request, command.action)
+            decision = decide(facts, policy, now, command.action)
+            if isinstance(decision, Allowed):
+                await self._send(conn, command, meter, decision.action, policy, now, decision.notes, feeder_lock)
+            elif isinstance(decision, Deferred):
+                await self._defer(conn, command, site, policy, decision, now)
+            else:
+                await self._refuse(conn, command, decision, now)
+        finally:
+            await feeder_lock.release()
 
     async def _address(self, conn: Conn, meter_id: str) -> MeterAddress:
         cur = await conn.execute(
@@ -617,6 +626,7 @@ class Engine:
         policy: Policy | None,
         now: datetime,
         notes: tuple[str, ...] = (),
+        feeder_lock: FeederLock | None = None,
     ) -> None:
         expiry = None
         if action in SUPPLY_OFF_ACTIONS and policy is not None:
@@ -666,6 +676,8 @@ class Engine:
                     last_error="audit unavailable",
                 )
             return
+        if feeder_lock is not None:
+            await feeder_lock.release()  # committed as sent: the next one may count it
         if notes:
             logger.info("command %s: %s", command.id, ", ".join(notes))
         transport = self._transports.get(meter.protocol)
@@ -981,6 +993,31 @@ class Engine:
         async with self._connect() as conn:
             async with conn.transaction():
                 await store.set_relay_state(conn, meter_id, str(relay), self._now())
+
+
+RATE_LIMITED = frozenset({"disconnect", "load_limit", "arm", "reconnect"})
+
+
+class FeederLock:
+    """A session advisory lock on one feeder (autocommit connection), released at most once.
+
+    A worker cancelled while holding it leaves it on the connection: the pool's reset
+    (control.service.reset_connection) unlocks everything when the connection comes back."""
+
+    def __init__(self, conn: Conn, feeder: str | None) -> None:
+        self._conn = conn
+        self._key = f"control-feeder:{feeder}" if feeder is not None else None
+        self._held = False
+
+    async def acquire(self) -> None:
+        if self._key is not None:
+            await self._conn.execute("select pg_advisory_lock(hashtext(%s))", (self._key,))
+            self._held = True
+
+    async def release(self) -> None:
+        if self._held:
+            self._held = False
+            await self._conn.execute("select pg_advisory_unlock(hashtext(%s))", (self._key,))
 
 
 def _decision_detail(decision: Allowed | Deferred | Refused) -> dict[str, Any]:

@@ -46,6 +46,7 @@ async def run(settings: ControlSettings, clock: Clock, started: asyncio.Event | 
         min_size=1,
         max_size=settings.control_pool_max,
         kwargs={"autocommit": True},
+        reset=reset_connection,
     )
     await pool.open(wait=True, timeout=30)
     store.prepaid_credit_facts()  # import prepaid's facts reader now, not on the first top-up
@@ -107,6 +108,11 @@ async def run(settings: ControlSettings, clock: Clock, started: asyncio.Event | 
             c.disconnect()
         modbus.close()
         await pool.close()
+
+
+async def reset_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Back to the pool: drop any session advisory lock a cancelled worker left behind."""
+    await conn.execute("select pg_advisory_unlock_all()")
 
 
 async def _listen(settings: ControlSettings, wake_events: asyncio.Event, wake_dispatch: asyncio.Event) -> None:

@@ -26,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from control.dispatch import Ack, MeterAddress, Outgoing, no_delay
 from control.engine import Engine, EngineSettings
+from control.service import reset_connection
 from headend import registry
 
 NEXT_STATE = {
@@ -229,7 +230,9 @@ def rows(db_url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
 
 @asynccontextmanager
 async def pool(db_url: str, size: int = 4) -> Any:
-    p = AsyncConnectionPool(db_url, open=False, min_size=1, max_size=size, kwargs={"autocommit": True})
+    p = AsyncConnectionPool(
+        db_url, open=False, min_size=1, max_size=size, kwargs={"autocommit": True}, reset=reset_connection
+    )
     await p.open(wait=True)
     try:
         yield p
