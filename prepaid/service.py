@@ -76,6 +76,10 @@ async def run_billing(
             logger.warning("billing batch failed, retrying: %s", exc)
             await asyncio.sleep(next(backoff))
             continue
+        except Exception:  # a bug must not stop billing for everyone; the batch rolled back
+            logger.exception("billing batch failed, retrying")
+            await asyncio.sleep(next(backoff))
+            continue
         backoff = delays(0.2, 10.0)
         if on_batch is not None:
             on_batch(result)
@@ -98,6 +102,8 @@ async def run_daily(pool: AsyncConnectionPool[Any], settings: PrepaidSettings, c
                 logger.info("daily rules: %s", out)
         except psycopg.Error as exc:
             logger.warning("daily rules failed: %s", exc)
+        except Exception:
+            logger.exception("daily rules failed")
         await asyncio.sleep(settings.prepaid_daily_every_s)
 
 
@@ -108,6 +114,9 @@ async def run_notices(pool: AsyncConnectionPool[Any], settings: PrepaidSettings,
                 n = await deliver_due(conn, sender, clock.now(), max_attempts=settings.prepaid_notice_max_attempts)
         except psycopg.Error as exc:
             logger.warning("notices worker failed: %s", exc)
+            n = 0
+        except Exception:
+            logger.exception("notices worker failed")
             n = 0
         if n == 0:
             await asyncio.sleep(settings.prepaid_notices_every_s)
