@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -121,9 +122,15 @@ update meters m set last_seen_at = %(now)s, comms_state = 'online'
 from (select id, comms_state as old_state from meters
       where id = any(%(ids)s)
         and (last_seen_at is null or last_seen_at < %(now)s - interval '60 seconds' or comms_state <> 'online')
-      for update) o
+      order by id for update) o
 where m.id = o.id
 returning m.id, o.old_state
+"""
+
+# Two-key advisory locks in the ingest namespace 18766 (0x494E, "IN"), taken in ascending key order.
+_LOCK = """
+select count(pg_advisory_xact_lock(18766, k))
+from (select k from unnest(%s::int[]) with ordinality as t(k, n) order by n) as keys
 """
 
 _DIRECTORY = """
@@ -173,6 +180,11 @@ async def load_directory(conn: psycopg.AsyncConnection[Any]) -> MeterDirectory:
             for r in rows
         ]
     )
+
+
+def meter_lock_keys(meter_ids: set[str]) -> list[int]:
+    """Sorted, distinct signed 32-bit keys of the meters' advisory locks."""
+    return sorted({zlib.crc32(m.encode()) - 2**31 for m in meter_ids})
 
 
 def _summary(rows: Sequence[Reading | Event], limit: int = 3) -> str:
@@ -267,6 +279,11 @@ class BatchWriter:
         )
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(_STAGE)
+            if plan.seen:
+                # Serialise batches that touch the same meters (several collectors on a shared
+                # subscription): the dedup and the neighbour-based validation then always see
+                # the other batch's committed rows. One statement, keys in ascending order.
+                await conn.execute(_LOCK, (meter_lock_keys(plan.seen),))
             cur = conn.cursor()
             if plan.readings:
                 async with cur.copy(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -191,3 +192,22 @@ async def test_silent_mqtt_meter_is_lost_once(pool: AsyncConnectionPool[Any], fl
     assert await sweep_stale(pool, NOW + timedelta(minutes=1), 3.0) == []
     assert query(fleet, "select meter_id, kind from meter_events") == [("M-1", "comms_lost")]
     assert query(fleet, "select comms_state from meters where id = 'M-1'") == [("lost",)]
+
+
+async def test_concurrent_writers_still_see_each_others_neighbours(pool: AsyncConnectionPool[Any], fleet: str) -> None:
+    """Two collectors (shared subscription) writing the same meter at once: the reset between them is found."""
+    other: AsyncConnectionPool[Any] = AsyncConnectionPool(fleet, min_size=1, max_size=1, open=False)
+    await other.open()
+    try:
+        w1, w2 = await writer(pool), await writer(other)
+        for k in range(5):
+            base = 60 * k
+            await asyncio.gather(
+                w1.write([native("M-1", (at(base), 5_000_000 + k))], NOW),
+                w2.write([native("M-1", (at(base + 15), 10 + k))], NOW),
+            )
+    finally:
+        await other.close()
+    kinds = [k for (k,) in query(fleet, "select kind from meter_events where meter_id = 'M-1' order by ts")]
+    assert kinds.count("register_reset") == 5  # every 5 MWh -> 10 Wh step, whichever batch committed first
+    assert kinds.count("energy_spike") == 4  # every 10 Wh -> 5 MWh step 45 min later
