@@ -45,7 +45,7 @@ from ingest.registers_sunspec import (
     decode_meter_203,
     model_header,
 )
-from ingest.store import BatchWriter, utc_now, write_resilient
+from ingest.store import TRANSIENT, BatchWriter, utc_now, write_resilient
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class _State:
     next_due: float = 0.0
     slot: float = 0.0  # the due time of the poll in flight (the schedule does not drift)
     failures: int = 0
+    lost: bool = False  # this episode's comms_lost is recorded
     waits: Iterator[float] | None = None
     client: AsyncModbusTcpClient | None = None
     models: dict[int, ModelLocation] = field(default_factory=dict)
@@ -290,9 +291,9 @@ class ModbusPoller:
             self.health.polls += 1
             if state.failures:
                 logger.info("meter %s answers again after %d failure(s)", state.meter.meter_id, state.failures)
-                if state.failures >= self.lost_after:
-                    self.health.lost -= 1
-            state.failures, state.waits = 0, None
+            if state.lost:
+                self.health.lost -= 1
+            state.failures, state.waits, state.lost = 0, None, False
             self._schedule(state, state.meter.interval_s, started)
             await self._results.put((item, started))
         finally:
@@ -310,13 +311,18 @@ class ModbusPoller:
         self._schedule(state, wait, time.monotonic())
         if state.failures == 1:
             logger.info("meter %s did not answer (%s); retry in %.1fs", m.meter_id, exc, wait)
-        if state.failures == self.lost_after:
-            self.health.lost += 1
+        if state.failures >= self.lost_after and not state.lost:
             detail = json.dumps({"error": str(exc)[:200], "failures": state.failures})
-            async with self.pool.connection() as conn:
-                cur = await conn.execute(_LOST, {"id": m.meter_id, "now": self.clock(), "detail": detail})
-                if await cur.fetchall():
-                    logger.warning("meter %s went silent: %s", m.meter_id, exc)
+            try:
+                async with self.pool.connection() as conn:
+                    cur = await conn.execute(_LOST, {"id": m.meter_id, "now": self.clock(), "detail": detail})
+                    if await cur.fetchall():
+                        logger.warning("meter %s went silent: %s", m.meter_id, exc)
+            except TRANSIENT as db_exc:  # recorded at the next failure instead
+                logger.warning("could not record comms_lost of %s: %s", m.meter_id, db_exc)
+                return
+            state.lost = True
+            self.health.lost += 1
 
     def _schedule(self, state: _State, delay_s: float, started: float) -> None:
         due = state.slot + delay_s if state.failures == 0 else started + delay_s
@@ -374,8 +380,11 @@ class ModbusPoller:
     async def _reload_loop(self) -> None:
         while True:
             await asyncio.sleep(self.reload_s)
-            await self.load()
-            await self.writer.refresh_directory(force=True)
+            try:
+                await self.load()
+                await self.writer.refresh_directory(force=True)
+            except TRANSIENT as exc:
+                logger.warning("meter reload skipped: %s", exc)
 
     async def run(self) -> None:
         try:

@@ -167,6 +167,8 @@ async def _every(seconds: float, fn: Callable[[], Any]) -> None:
             await fn()
         except TRANSIENT as exc:
             logger.warning("periodic task skipped: %s", exc)
+        except Exception:  # a housekeeping failure must not stop the collector
+            logger.exception("periodic task failed")
 
 
 def mqtt_options(settings: IngestSettings) -> MqttOptions:

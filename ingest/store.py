@@ -351,11 +351,6 @@ class BatchWriter:
             result.gaps_filled = len(await cur.fetchall())
 
 
-def new_reading_rows(items: Sequence[Item]) -> int:
-    """How many readings a batch offers (for metrics)."""
-    return sum(len(i.decoded.readings) for i in items if i.decoded is not None)
-
-
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
