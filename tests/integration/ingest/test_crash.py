@@ -25,7 +25,9 @@ T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(da
 N = 400
 
 
-def start_collector(db_url: str, prefix: str, client_id: str, log: Path) -> subprocess.Popen[bytes]:
+def start_collector(
+    db_url: str, prefix: str, client_id: str, log: Path, extra: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "HEADEND_DATABASE_URL": db_url,
@@ -35,6 +37,7 @@ def start_collector(db_url: str, prefix: str, client_id: str, log: Path) -> subp
         "HEADEND_MQTT_SESSION_EXPIRY_S": "300",
         "HEADEND_INGEST_BATCH_SIZE": "25",
         "HEADEND_INGEST_BATCH_LINGER_S": "0.02",
+        **(extra or {}),
     }
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -116,3 +119,35 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
         pub.close()
     assert proc.returncode == 0, log.read_text()[-3000:]
     assert "session present: True" in log.read_text()  # the broker kept the session across the crash
+
+
+def test_sigterm_flushes_the_batch_in_hand(
+    fleet: str, mqtt_prefix: str, mqtt_host: str, mqtt_port: int, tmp_path: Path
+) -> None:
+    """A 60 s batch linger keeps messages in hand; SIGTERM writes and acknowledges them before exit."""
+    client_id = f"ingest-term-{uuid.uuid4().hex[:8]}"
+    log = tmp_path / "collector.log"
+    topic = f"{mqtt_prefix}/v1/meters/M-1/readings"
+    env_extra = {"HEADEND_INGEST_BATCH_LINGER_S": "60", "HEADEND_INGEST_BATCH_SIZE": "1000"}
+    pub = Publisher(mqtt_host, mqtt_port)
+    proc = start_collector(fleet, mqtt_prefix, client_id, log, env_extra)
+    try:
+        deadline = time.monotonic() + 30
+        while "MQTT connected" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        time.sleep(0.5)  # SUBACK
+        for i in range(10):
+            ts = T0 + timedelta(minutes=15 * i)
+            pub.publish(topic, json.dumps({"v": 1, "ts": ts.isoformat(), "values": {"1-0:1.8.0": 100.0 + i}}))
+        time.sleep(1.0)
+        assert query(fleet, "select count(*) from readings")[0][0] == 0  # still lingering
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        pub.close()
+    assert query(fleet, "select count(*) from readings")[0][0] == 10
+    assert "flushing 10 message(s)" in log.read_text()
