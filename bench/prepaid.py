@@ -240,9 +240,9 @@ async def one_year_statement(url: str) -> dict[str, float]:
         )
         conn.execute(
             "insert into interval_charges (meter_id, account_id, interval_start, block, label, energy_wh,"
-            " rate_micro, amount_micro, tariff_from, ledger_entry_id)"
+            " rate_micro, amount_micro, tariff_from, ledger_entry_id, balance_after_minor)"
             " select 'MY', 'AY', %s::timestamptz + g * interval '15 minutes', 0, 'peak', 125, 61730, 125 * 61730,"
-            " %s, 900000000 + g / 96 from generate_series(0, 35039) g",
+            " %s, 900000000 + g / 96, -500 * (g / 96 + 1) from generate_series(0, 35039) g",
             (T0, T0),
         )
         conn.execute("analyze interval_charges")

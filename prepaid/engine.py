@@ -216,6 +216,7 @@ async def bill_batch(
             result.event_ids = posted.event_ids
             posted_bills = [bills[i] for i in posting_of]
             entry_ids = [e if e is not None else 0 for e in posted.entry_ids]
+            after = [b if b is not None else 0 for b in posted.balances_after]
             counts = [len(b.priced) for _, _, b in posted_bills]
             cat = np.concatenate
             charges = [
@@ -229,15 +230,17 @@ async def bill_batch(
                 cat([b.priced.amount_micro for _, _, b in posted_bills]).tolist(),
                 cat([b.priced.version_from_s for _, _, b in posted_bills]).tolist(),
                 np.repeat(np.array(entry_ids, np.int64), counts).tolist(),
+                np.repeat(np.array(after, np.int64), counts).tolist(),
             ]
             result.intervals = sum(counts)
             result.debit_minor = sum(b.debit_minor for _, _, b in posted_bills)
             await conn.execute(
                 "insert into interval_charges (meter_id, account_id, interval_start, block, label, energy_wh,"
-                " rate_micro, amount_micro, tariff_from, ledger_entry_id)"
-                " select u.m, u.a, to_timestamp(u.s), u.b, u.l, u.e, u.r, u.amt, to_timestamp(u.f), u.le"
+                " rate_micro, amount_micro, tariff_from, ledger_entry_id, balance_after_minor)"
+                " select u.m, u.a, to_timestamp(u.s), u.b, u.l, u.e, u.r, u.amt, to_timestamp(u.f), u.le, u.ba"
                 " from unnest(%s::text[], %s::text[], %s::float8[], %s::smallint[], %s::text[], %s::bigint[],"
-                " %s::bigint[], %s::bigint[], %s::float8[], %s::bigint[]) u(m, a, s, b, l, e, r, amt, f, le)",
+                " %s::bigint[], %s::bigint[], %s::float8[], %s::bigint[], %s::bigint[])"
+                " u(m, a, s, b, l, e, r, amt, f, le, ba)",
                 [
                     store.texts(charges[0]),
                     store.texts(charges[1]),
@@ -249,6 +252,7 @@ async def bill_batch(
                     store.ints(charges[7]),
                     store.ints(charges[8]),
                     store.ints(charges[9]),
+                    store.ints(charges[10]),
                 ],
             )
         if bills:

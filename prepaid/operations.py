@@ -313,9 +313,11 @@ async def _statement_lines(
         "select coalesce(string_agg(int8send(extract(epoch from c.interval_start)::bigint)"
         " || int8send(coalesce(array_position(%s::text[], c.meter_id), 0)::bigint) || int8send(c.energy_wh)"
         " || int8send(coalesce(array_position(%s::text[], c.label), 0)::bigint) || int8send(c.block::bigint)"
-        " || int8send(c.rate_micro) || int8send(c.amount_micro) || int8send(l.balance_after_minor)"
+        " || int8send(c.rate_micro) || int8send(c.amount_micro)"
+        " || int8send(coalesce(c.balance_after_minor,"
+        "    (select l.balance_after_minor from ledger_entries l where l.id = c.ledger_entry_id)))"
         " || int8send(c.ledger_entry_id), ''::bytea order by c.interval_start, c.meter_id, c.block), ''::bytea)"
-        " from interval_charges c join ledger_entries l on l.id = c.ledger_entry_id"
+        " from interval_charges c"
         " where c.account_id = %s and c.interval_start >= %s and c.interval_start < %s",
         (meters, labels, account_id, start, end),
     )

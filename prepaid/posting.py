@@ -66,6 +66,7 @@ class AccountRow:
 @dataclass
 class PostResult:
     entry_ids: list[int | None]  # per posting; None = already posted (skipped)
+    balances_after: list[int | None]  # per posting: the entry's balance_after_minor
     balances: dict[str, tuple[int, int]]  # account -> (before, after)
     event_ids: list[int]
     credit: dict[str, CreditState]
@@ -151,6 +152,9 @@ async def post_entries(
         rows.append((i, p, after))
 
     entry_ids: list[int | None] = [None] * len(postings)
+    balances_after: list[int | None] = [None] * len(postings)
+    for i, _, bal in rows:
+        balances_after[i] = bal
     if rows:
         cur = await conn.execute(
             "select nextval(pg_get_serial_sequence('ledger_entries', 'id')) from generate_series(1, %s)",
@@ -250,7 +254,7 @@ async def post_entries(
             (now, now, *[list(col) for col in zip(*notice_rows, strict=True)]),
         )
     credit_all = {a: accounts[a].credit for a in balances}
-    return PostResult(entry_ids, {a: balances[a] for a in balances}, event_ids, credit_all)
+    return PostResult(entry_ids, balances_after, {a: balances[a] for a in balances}, event_ids, credit_all)
 
 
 async def append_events(
