@@ -132,18 +132,18 @@ class Engine:
         counts: list[int] = []
 
         async def one_account(account_id: str, ids: list[int]) -> None:
-            async with gate, self._connect() as c:
-                n = 0
-                try:
+            n = 0
+            try:
+                async with gate, self._connect() as c:
                     for event_id in ids:
                         outcome = await self._handle_one(c, account_id, event_id)
                         if outcome == "blocked":
                             break  # an earlier event of this account is not handled yet: keep the order
                         n += outcome == "handled"
-                except (psycopg.Error, ControlError) as exc:
-                    # Not marked handled: the event is retried on the next pass.
-                    logger.exception("events of account %s not handled: %s", account_id, exc)
-                counts.append(n)
+            except (psycopg.Error, ControlError) as exc:
+                # Not marked handled: the event is retried on the next pass.
+                logger.exception("events of account %s not handled: %s", account_id, exc)
+            counts.append(n)
 
         async with asyncio.TaskGroup() as tg:
             for account_id, ids in by_account.items():
@@ -419,17 +419,24 @@ class Engine:
         return len(claimed)
 
     async def _process_one(self, command: store.Command) -> None:
-        """One claimed command on its own connection (autocommit); errors are logged, not raised."""
-        async with self._connect() as conn:
-            try:
-                await self._process(conn, command)
-            except TransitionError as exc:
-                logger.info("command %s moved under us: %s", command.id, exc)
-            except (psycopg.Error, ControlError) as exc:
-                logger.exception("command %s failed: %s", command.id, exc)
-            finally:
-                async with conn.transaction():
-                    await store.release(conn, command.id, self.settings.worker_id)
+        """One claimed command on its own connection (autocommit); errors are logged, not raised.
+
+        If anything fails the lease is released (or lapses): the command is picked up again, a
+        ``sent`` one by reading the relay back first."""
+        try:
+            async with self._connect() as conn:
+                try:
+                    await self._process(conn, command)
+                except TransitionError as exc:
+                    logger.info("command %s moved under us: %s", command.id, exc)
+                except (psycopg.Error, ControlError) as exc:
+                    logger.exception("command %s failed: %s", command.id, exc)
+                finally:
+                    if not conn.closed:
+                        async with conn.transaction():
+                            await store.release(conn, command.id, self.settings.worker_id)
+        except psycopg.Error as exc:  # no connection (pool timeout, database down): the lease lapses
+            logger.warning("command %s not processed: %s", command.id, exc)
 
     async def _request_for(self, conn: Conn, command: store.Command) -> Request:
         roles = await store.operator_roles(conn, command.approved_by) if command.approved_by else frozenset()
