@@ -1,0 +1,90 @@
+"""``headend demo`` tells the whole story and exits 0 only when it completed.
+
+Runs the real command (its own database, every service, the simulated fleet) with a
+tiny background fleet; asserts on what it printed and on the rows it left.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from headend import db
+from tests.conftest import BASE_URL
+from tests.e2e.conftest import HEADEND, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
+
+FLEET = Path(__file__).resolve().parents[1] / "fixtures" / "scenarios" / "tiny-fleet.yaml"
+
+
+def test_demo_tells_the_story_from_warning_to_reconnect() -> None:
+    name = f"headend_demo_{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "HEADEND_DATABASE_URL": db.database_url_for(BASE_URL, "headend")}
+    try:
+        run = subprocess.run(
+            [
+                HEADEND,
+                "--log-level",
+                "WARNING",
+                "demo",
+                "--database",
+                name,
+                "--fleet",
+                str(FLEET),
+                "--api-port",
+                str(free_port()),
+                "--modbus-port",
+                str(free_port()),
+                "--max-minutes",
+                "6",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=480,
+            check=False,
+        )
+        out = run.stdout
+        assert run.returncode == 0, out[-6000:] + run.stderr[-3000:]
+        # the ladder, in the order a customer lives it
+        milestones = [
+            "A-D-0001: low credit",
+            "A-D-0001: emergency credit started",
+            "pending disconnection to A-D-0001",
+            "A-D-0001: credit exhausted",
+            "disconnect D-0001: confirmed",
+            "D-0001 relay disconnected",
+            "top-up 50.00 CNY via app for A-D-0001: HTTP 201",
+            "A-D-0001: credit restored",
+            "D-0001 relay connected",
+        ]
+        at = 0
+        for milestone in milestones:  # each one after the one before
+            found = out.find(milestone, at)
+            assert found >= 0, f"{milestone!r} missing after position {at}:\n{out[-6000:]}"
+            at = found + len(milestone)
+        assert "case" in out and "A-P-0001" in out  # life support: a person decides, no command
+        assert "the story completed" in out
+        with psycopg.connect(db.database_url_for(BASE_URL, name)) as conn:
+            cut = conn.execute(
+                "select count(*) from commands where meter_id = 'P-0001' and action = 'disconnect'"
+            ).fetchone()
+            disconnect_at = conn.execute(
+                "select c.updated_at at time zone sp.timezone from commands c join meters m on m.id = c.meter_id"
+                " join service_points sp on sp.id = m.service_point_id"
+                " where c.meter_id = 'D-0001' and c.action = 'disconnect' and c.state = 'confirmed'"
+            ).fetchone()
+            readings = conn.execute("select count(distinct meter_id) from readings").fetchone()
+        assert cut == (0,)
+        assert disconnect_at is not None
+        local = disconnect_at[0]
+        assert local.isoweekday() in (1, 2, 3, 4) and 9 <= local.hour < 15, local  # inside the window
+        assert readings is not None and readings[0] == 6  # 3 story meters + native + Tasmota + SunSpec
+    finally:
+        db.drop_database(BASE_URL, name)
