@@ -8,11 +8,12 @@ and decodes again before quarantining it).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ingest.decode import decode_concentrator, decode_native_events, decode_native_readings, route
 from ingest.errors import DecodeError
-from ingest.models import Item, MeterDirectory, RouteKind
+from ingest.models import Item, MeterDirectory, Route, RouteKind
 from ingest.shelly import decode_shelly
 from ingest.tasmota import decode_tasmota
 
@@ -24,10 +25,15 @@ class Prefixes:
     shelly: str = ""
 
 
+@functools.lru_cache(maxsize=65_536)  # topics repeat: one per meter (a rejected topic is not cached)
+def _route(topic: str, prefixes: Prefixes) -> Route:
+    return route(topic, native_prefix=prefixes.native, tasmota_prefix=prefixes.tasmota, shelly_prefix=prefixes.shelly)
+
+
 def decode_message(topic: str, payload: bytes, directory: MeterDirectory, prefixes: Prefixes) -> Item:
     meter_id: str | None = None
     try:
-        r = route(topic, native_prefix=prefixes.native, tasmota_prefix=prefixes.tasmota, shelly_prefix=prefixes.shelly)
+        r = _route(topic, prefixes)
         if r.kind is RouteKind.NATIVE_READINGS:
             meter_id = r.key
             decoded = decode_native_readings(r.key, payload)
