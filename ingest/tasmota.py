@@ -2,7 +2,8 @@
 
 Tasmota publishes local time without a zone; it is interpreted in the meter's
 service-point time zone (an ambiguous wall time in a DST fold is taken as the
-first occurrence). A ``Time`` that carries an offset is honoured as is.
+first occurrence; a wall time skipped by a DST gap takes the offset from before the
+gap). A ``Time`` that carries an offset is honoured as is.
 
 | ENERGY field | OBIS | conversion |
 |---|---|---|

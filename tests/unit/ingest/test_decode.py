@@ -269,3 +269,16 @@ def test_json_shapes_never_escape(doc) -> None:
                 decode(payload)
             except DecodeError:
                 pass
+
+
+@pytest.mark.parametrize(
+    ("local", "utc"),
+    [
+        pytest.param("2024-10-27T02:30:00", datetime(2024, 10, 27, 0, 30, tzinfo=UTC), id="fold-first-occurrence"),
+        pytest.param("2024-03-31T02:30:00", datetime(2024, 3, 31, 1, 30, tzinfo=UTC), id="gap-offset-before"),
+        pytest.param("2024-07-01T12:00:00+02:00", datetime(2024, 7, 1, 10, 0, tzinfo=UTC), id="explicit-offset"),
+    ],
+)
+def test_tasmota_dst(local: str, utc: datetime) -> None:
+    payload = json.dumps({"Time": local, "ENERGY": {"Total": 1.0}}).encode()
+    assert decode_tasmota("T-1", "Europe/Berlin", payload).readings[0].ts == utc
