@@ -70,7 +70,7 @@ async def standing_charges(
             if (acc_id, day.isoformat()) in done:
                 continue
             start, end = cal.day_bounds(day)
-            if end <= opened_at:
+            if end <= opened_at <= now:  # (an opened_at after `now` is an accelerated demo clock)
                 continue
             in_force = [v for v in tariffs.get(tariff_id, []) if v.effective_from <= start]
             if not in_force or in_force[-1].standing_minor_per_day <= 0:
