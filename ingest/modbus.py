@@ -398,7 +398,7 @@ class ModbusPoller:
                 pending.append(self._results.get_nowait())
             if pending:
                 try:
-                    await self.commit(pending)
+                    await asyncio.wait_for(self.commit(pending), 15.0)  # bounded, like the MQTT flush
                 except Exception:
-                    logger.exception("final Modbus flush failed")
+                    logger.exception("final Modbus flush failed; those polls are lost (the meters are read again)")
             self.close()

@@ -34,6 +34,7 @@ from ingest.validation import Finding
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+FINAL_FLUSH_S = 15.0  # how long SIGTERM waits for the last batch to commit
 
 
 _STALE = """
@@ -103,7 +104,8 @@ class MqttIngest:
             if pending:
                 logger.info("flushing %d message(s) before stopping", len(pending))
                 try:
-                    await self.commit(pending)
+                    # bounded: a database outage must not keep the process from stopping
+                    await asyncio.wait_for(self.commit(pending), FINAL_FLUSH_S)
                 except Exception:
                     logger.exception("final flush failed; the broker will redeliver")
             raise
