@@ -38,6 +38,7 @@ from ingest.registers_sdm import BLOCK_COUNT, BLOCK_START, decode_sdm
 from ingest.registers_sunspec import (
     BASE,
     CONTROLS,
+    M203_READ,
     MARKER,
     METER_WYE,
     ModelLocation,
@@ -256,7 +257,7 @@ class ModbusPoller:
                 if not state.models:
                     state.models = await self._discover(state)
                 loc = state.models[METER_WYE]
-                regs = await self._read(state, loc.address, loc.span, holding=True)
+                regs = await self._read(state, loc.address, M203_READ, holding=True)
                 values = decode_meter_203(regs)
                 events: list[Event] = []
                 ctl = state.models.get(CONTROLS)

@@ -121,9 +121,14 @@ def _scaled(raw: int, sf_raw: int) -> float | None:
     return float(int16(raw) * 10**sf) if sf >= 0 else int16(raw) / 10 ** (-sf)
 
 
+# A poll reads from the ID register through TotWh_SF (+54): every point the map uses, half
+# the model (the VA/VAR/PF blocks after it are not needed).
+M203_READ = 55
+
+
 def decode_meter_203(regs: Sequence[int]) -> dict[str, float]:
-    """OBIS values of one model 203 block (``regs[0]`` is the ID register, 107 registers)."""
-    if len(regs) < MODEL_LENGTHS[METER_WYE] + 2 or regs[0] != METER_WYE:
+    """OBIS values of a model 203 block (``regs[0]`` is the ID register; at least M203_READ registers)."""
+    if len(regs) < M203_READ or regs[0] != METER_WYE:
         raise RegisterMapError(f"not a model 203 block (id={regs[0] if regs else None}, {len(regs)} regs)")
     out: dict[str, float] = {}
     for offset, obis, sf_at in M203_INT16:

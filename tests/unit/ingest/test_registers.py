@@ -73,6 +73,13 @@ def test_model_203_values() -> None:
     }
 
 
+def test_model_203_from_the_short_poll_read() -> None:
+    block = model_block(load("sunspec/meter_203_chain.json"), METER_WYE)
+    assert decode_meter_203(block[:55]) == decode_meter_203(block)
+    with pytest.raises(RegisterMapError):
+        decode_meter_203(block[:54])
+
+
 def test_model_203_unimplemented_and_positive_scale() -> None:
     got = decode_meter_203(model_block(load("sunspec/meter_203_single_phase_sf1.json"), METER_WYE))
     assert "1-0:51.7.0" not in got and "1-0:72.7.0" not in got
