@@ -75,6 +75,9 @@ class EngineSettings:
     backoff_base_s: float = 5.0
     backoff_cap_s: float = 60.0
     jitter_seed: int | None = None
+    # Clock seconds per real second (an accelerated demo clock): leases, retry waits and
+    # backoff are about real networks and processes, so they are scaled; policy times are not.
+    time_scale: float = 1.0
     alerts: list[str] = field(default_factory=list)
 
 
@@ -98,6 +101,10 @@ class Engine:
         self._now = now
         self.settings = settings or EngineSettings()
         self._rng = random.Random(self.settings.jitter_seed)
+
+    def _real(self, seconds: float) -> timedelta:
+        """A wait in real seconds, expressed on the engine's clock."""
+        return timedelta(seconds=seconds * self.settings.time_scale)
 
     def alert(self, message: str, *args: object) -> None:
         text = message % args if args else message
@@ -408,7 +415,7 @@ class Engine:
                     conn,
                     self.settings.worker_id,
                     now,
-                    timedelta(seconds=self.settings.lease_s),
+                    self._real(self.settings.lease_s),
                     self.settings.batch,
                 )
         # Higher priority (protected customers' reconnects) strictly first, then concurrently.
@@ -669,7 +676,7 @@ class Engine:
                     expires_at=command.expires_at or expiry,
                     attempts=command.attempts + 1,
                     policy_version_dispatched=policy.version if policy else None,
-                    claimed_until=now + timedelta(seconds=self.settings.lease_s),
+                    claimed_until=now + self._real(self.settings.lease_s),
                 )
         except AuditUnavailable as exc:
             self.alert("audit unavailable, command %s not sent: %s", command.id, exc)
@@ -679,7 +686,7 @@ class Engine:
                     command,
                     "defer",
                     now,
-                    not_before=now + timedelta(seconds=self.settings.audit_retry_s),
+                    not_before=now + self._real(self.settings.audit_retry_s),
                     last_error="audit unavailable",
                 )
             return
@@ -805,7 +812,7 @@ class Engine:
                     command,
                     "hold",
                     now,
-                    not_before=now + timedelta(seconds=self.settings.backoff_cap_s),
+                    not_before=now + self._real(self.settings.backoff_cap_s),
                     last_error="load_side_voltage",
                 )
                 if command.account_id:
@@ -848,9 +855,7 @@ class Engine:
             wait = 0.0
             for _ in range(command.attempts):
                 wait = next(backoff)
-            await store.transition(
-                conn, command, "retry", now, not_before=now + timedelta(seconds=wait), last_error=error
-            )
+            await store.transition(conn, command, "retry", now, not_before=now + self._real(wait), last_error=error)
             return
         await store.transition(conn, command, "give_up", now, last_error=error, relay_read_back=relay)
         await store.set_relay_state(conn, command.meter_id, "unknown", now)

@@ -76,6 +76,7 @@ async def run(settings: ControlSettings, clock: Clock, started: asyncio.Event | 
             lease_s=settings.control_lease_s,
             recheck_s=settings.control_recheck_s,
             batch=settings.control_batch,
+            time_scale=clock.speed,
         ),
     )
     for c in (client, publisher):
