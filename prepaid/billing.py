@@ -72,7 +72,9 @@ class Advanced:
 
 @dataclass(frozen=True)
 class MeterBill:
-    priced: Priced
+    group: Priced  # the priced rows of the whole group this meter was billed in
+    lo: int  # this meter's rows are group[lo:hi]
+    hi: int
     debit_minor: int  # >= 0, to be posted as a negative ledger amount
     state: MeterState
     hold: str | None  # reason when billing must stop for this meter
@@ -80,6 +82,24 @@ class MeterBill:
     energy_wh: int
     period_start_s: int | None
     period_end_s: int | None
+
+    @property
+    def rows(self) -> int:
+        return self.hi - self.lo
+
+    @property
+    def priced(self) -> Priced:
+        """This meter's rows (sliced on demand: the engine writes the group's arrays directly)."""
+        g, lo, hi = self.group, self.lo, self.hi
+        return Priced(
+            g.start_s[lo:hi],
+            g.energy_wh[lo:hi],
+            g.rate_micro[lo:hi],
+            g.amount_micro[lo:hi],
+            g.label[lo:hi],
+            g.block[lo:hi],
+            g.version_from_s[lo:hi],
+        )
 
 
 def _split(energy: int, start: int, end: int, interval_s: int) -> tuple[list[int], list[int]]:
@@ -167,18 +187,11 @@ def bill_many(
     for i, ((state, _, _), adv) in enumerate(zip(items, advanced, strict=True)):
         lo, hi = int(bounds[i]), int(bounds[i + 1])
         debit, residual = money.post_with_carry(state.residual_micro, int(sums[i]))
-        mine = Priced(
-            priced.start_s[lo:hi],
-            priced.energy_wh[lo:hi],
-            priced.rate_micro[lo:hi],
-            priced.amount_micro[lo:hi],
-            priced.label[lo:hi],
-            priced.block[lo:hi],
-            priced.version_from_s[lo:hi],
-        )
         bills.append(
             MeterBill(
-                priced=mine,
+                group=priced,
+                lo=lo,
+                hi=hi,
                 debit_minor=debit,
                 state=MeterState(
                     adv.state.last_ts_s,

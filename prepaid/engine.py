@@ -31,7 +31,7 @@ from psycopg.types.json import Jsonb
 from prepaid import billing, store
 from prepaid.errors import TariffError
 from prepaid.posting import Posting, calendar_for, post_entries
-from prepaid.pricing import INTERVAL_S, TierState
+from prepaid.pricing import INTERVAL_S, Priced, TierState
 from prepaid.tariffs import Version, compile_version
 
 logger = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ async def bill_batch(
         postings: list[Posting] = []
         posting_of: list[int] = []
         for i, (meter_id, account_id, bill) in enumerate(bills):
-            if account_id is None or len(bill.priced) == 0:
+            if account_id is None or bill.rows == 0:
                 continue
             postings.append(
                 Posting(
@@ -207,33 +207,44 @@ async def bill_batch(
                     meter_id=meter_id,
                     period_start=_ts(bill.period_start_s),
                     period_end=_ts(bill.period_end_s),
-                    detail={"energy_wh": int(bill.priced.energy_wh.sum()), "intervals": len(bill.priced)},
+                    detail={"energy_wh": int(bill.group.energy_wh[bill.lo : bill.hi].sum()), "intervals": bill.rows},
                 )
             )
             posting_of.append(i)
         if postings:
             posted = await post_entries(conn, postings, now)
             result.event_ids = posted.event_ids
-            posted_bills = [bills[i] for i in posting_of]
-            entry_ids = [e if e is not None else 0 for e in posted.entry_ids]
-            after = [b if b is not None else 0 for b in posted.balances_after]
-            counts = [len(b.priced) for _, _, b in posted_bills]
-            cat = np.concatenate
-            charges = [
-                np.repeat(np.array([m for m, _, _ in posted_bills], dtype=object), counts).tolist(),
-                np.repeat(np.array([a for _, a, _ in posted_bills], dtype=object), counts).tolist(),
-                cat([b.priced.start_s for _, _, b in posted_bills]).tolist(),
-                cat([b.priced.block for _, _, b in posted_bills]).tolist(),
-                [lab for _, _, b in posted_bills for lab in b.priced.label],
-                cat([b.priced.energy_wh for _, _, b in posted_bills]).tolist(),
-                cat([b.priced.rate_micro for _, _, b in posted_bills]).tolist(),
-                cat([b.priced.amount_micro for _, _, b in posted_bills]).tolist(),
-                cat([b.priced.version_from_s for _, _, b in posted_bills]).tolist(),
-                np.repeat(np.array(entry_ids, np.int64), counts).tolist(),
-                np.repeat(np.array(after, np.int64), counts).tolist(),
-            ]
-            result.intervals = sum(counts)
-            result.debit_minor = sum(b.debit_minor for _, _, b in posted_bills)
+            # the charge rows are taken straight from each group's arrays: per group, every
+            # row gets its meter's ledger entry (or -1 when the meter posted nothing)
+            entry_of = [-1] * len(bills)
+            after_of = [0] * len(bills)
+            for i, entry_id, after in zip(posting_of, posted.entry_ids, posted.balances_after, strict=True):
+                entry_of[i] = entry_id if entry_id is not None else -1
+                after_of[i] = after if after is not None else 0
+            by_group: dict[int, tuple[Priced, list[int]]] = {}
+            for i, (_, _, bill) in enumerate(bills):
+                by_group.setdefault(id(bill.group), (bill.group, []))[1].append(i)
+            cols: list[list[Any]] = [[] for _ in range(11)]
+            for group, members in by_group.values():
+                counts = [bills[i][2].rows for i in members]
+                entry_row = np.repeat(np.array([entry_of[i] for i in members], np.int64), counts)
+                keep = entry_row >= 0
+                if not keep.any():
+                    continue
+                cols[0] += np.repeat(np.array([bills[i][0] for i in members], dtype=object), counts)[keep].tolist()
+                cols[1] += np.repeat(np.array([bills[i][1] for i in members], dtype=object), counts)[keep].tolist()
+                cols[2] += group.start_s[keep].tolist()
+                cols[3] += group.block[keep].tolist()
+                cols[4] += np.array(group.label, dtype=object)[keep].tolist()
+                cols[5] += group.energy_wh[keep].tolist()
+                cols[6] += group.rate_micro[keep].tolist()
+                cols[7] += group.amount_micro[keep].tolist()
+                cols[8] += group.version_from_s[keep].tolist()
+                cols[9] += entry_row[keep].tolist()
+                cols[10] += np.repeat(np.array([after_of[i] for i in members], np.int64), counts)[keep].tolist()
+            result.intervals = len(cols[0])
+            result.debit_minor = sum(bills[i][2].debit_minor for i in posting_of)
+            charges = cols
             await conn.execute(
                 "insert into interval_charges (meter_id, account_id, interval_start, block, label, energy_wh,"
                 " rate_micro, amount_micro, tariff_from, ledger_entry_id, balance_after_minor)"
