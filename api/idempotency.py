@@ -22,20 +22,33 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import psycopg
+from fastapi import Header, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from pydantic import BaseModel
 
 from api.auth import Principal
 from api.errors import Conflict, Unprocessable
+from api.settings import ApiSettings
 
 REPLAY_HEADER = "Idempotent-Replayed"
 KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
 STALE_CLAIM_S = 300
+
+IdempotencyKey = Annotated[
+    str,
+    Header(
+        alias="Idempotency-Key",
+        pattern=KEY_PATTERN,
+        description="1-200 printable ASCII characters; same key + same body replays the first response",
+    ),
+]
+Operation = Callable[[], Awaitable[tuple[int, Any]]]
 
 
 def fingerprint(method: str, path: str, body: Any) -> str:
@@ -52,7 +65,7 @@ async def run_once(
     path: str,
     body: Any,
     ttl_h: int,
-    operation: Callable[[], Awaitable[tuple[int, Any]]],
+    operation: Operation,
 ) -> JSONResponse:
     """Run ``operation`` (returning status and a JSON-able body) at most once per key."""
     digest = fingerprint(method, path, body)
@@ -86,6 +99,29 @@ async def run_once(
         (status, Jsonb(payload), principal.key_id, key),
     )
     return JSONResponse(payload, status_code=status)
+
+
+async def post_once(
+    request: Request,
+    conn: psycopg.AsyncConnection[Any],
+    principal: Principal,
+    key: str,
+    body: BaseModel,
+    operation: Operation,
+) -> JSONResponse:
+    """:func:`run_once` for a POST route: fingerprinted on the request's path and validated body,
+    records kept for the app's ``api_idempotency_ttl_h``."""
+    settings: ApiSettings = request.app.state.settings
+    return await run_once(
+        conn,
+        principal,
+        key,
+        method="POST",
+        path=request.url.path,
+        body=body.model_dump(mode="json"),
+        ttl_h=settings.api_idempotency_ttl_h,
+        operation=operation,
+    )
 
 
 async def _replay(conn: psycopg.AsyncConnection[Any], principal: Principal, key: str, digest: str) -> JSONResponse:

@@ -17,9 +17,8 @@ from api import store
 from api.auth import ADMINS, APPROVERS, OPERATORS, READERS, Principal, Role, requires
 from api.deps import Conn, Now
 from api.errors import Conflict, NotFound, ProblemRoute, Unprocessable
-from api.idempotency import run_once
+from api.idempotency import IdempotencyKey, post_once
 from api.results import plain
-from api.routes.money import IdempotencyKey, _ttl
 from api.schemas import (
     ID_PATTERN,
     BatchApprovalOut,
@@ -78,16 +77,7 @@ async def request_command(
         )
         return 202, await store.get_command(conn, command.id)
 
-    return await run_once(
-        conn,
-        who,
-        idempotency_key,
-        method="POST",
-        path=request.url.path,
-        body=body.model_dump(mode="json"),
-        ttl_h=_ttl(request),
-        operation=run,
-    )
+    return await post_once(request, conn, who, idempotency_key, body, run)
 
 
 @router.post(
@@ -120,16 +110,7 @@ async def bulk_request(
         rows = await store.commands_by_ids(conn, [c.id for c in commands])
         return 202, {"batch_id": _db_key(who, idempotency_key), "count": len(rows), "commands": rows}
 
-    return await run_once(
-        conn,
-        who,
-        idempotency_key,
-        method="POST",
-        path=request.url.path,
-        body=body.model_dump(mode="json"),
-        ttl_h=_ttl(request),
-        operation=run,
-    )
+    return await post_once(request, conn, who, idempotency_key, body, run)
 
 
 @router.post(

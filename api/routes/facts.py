@@ -26,9 +26,8 @@ from api.auth import (
 )
 from api.deps import Conn, Now
 from api.errors import NotFound, ProblemRoute, Unprocessable
-from api.idempotency import run_once
+from api.idempotency import IdempotencyKey, post_once
 from api.results import plain
-from api.routes.money import IdempotencyKey, _ttl
 from api.schemas import (
     CaseOut,
     Channel,
@@ -223,13 +222,4 @@ async def pay_plan(
         )
         return 201, plain(plan)
 
-    return await run_once(
-        conn,
-        who,
-        idempotency_key,
-        method="POST",
-        path=request.url.path,
-        body=body.model_dump(mode="json"),
-        ttl_h=_ttl(request),
-        operation=run,
-    )
+    return await post_once(request, conn, who, idempotency_key, body, run)

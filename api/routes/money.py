@@ -10,17 +10,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from api import store
 from api.auth import ADMINS, INTEGRATORS, READERS, Principal, requires
 from api.deps import Conn, Now
 from api.errors import ProblemRoute
-from api.idempotency import KEY_PATTERN, run_once
+from api.idempotency import IdempotencyKey, post_once
 from api.results import plain
 from api.schemas import TariffOut, TariffVersionIn, TopupIn, TopupReversalIn
-from api.settings import ApiSettings
 from prepaid import operations as prepaid
 from prepaid.models import ReversalResult, TopupResult
 
@@ -28,19 +27,6 @@ router = APIRouter(route_class=ProblemRoute)
 Integrators = Annotated[Principal, Depends(requires(*INTEGRATORS))]
 Readers = Annotated[Principal, Depends(requires(*READERS))]
 Admins = Annotated[Principal, Depends(requires(*ADMINS))]
-IdempotencyKey = Annotated[
-    str,
-    Header(
-        alias="Idempotency-Key",
-        pattern=KEY_PATTERN,
-        description="1-200 printable ASCII characters; same key + same body replays the first response",
-    ),
-]
-
-
-def _ttl(request: Request) -> int:
-    settings: ApiSettings = request.app.state.settings
-    return settings.api_idempotency_ttl_h
 
 
 @router.post(
@@ -66,16 +52,7 @@ async def create_topup(
         )
         return (200 if result.duplicate else 201), plain(result)
 
-    return await run_once(
-        conn,
-        who,
-        idempotency_key,
-        method="POST",
-        path=request.url.path,
-        body=body.model_dump(mode="json"),
-        ttl_h=_ttl(request),
-        operation=run,
-    )
+    return await post_once(request, conn, who, idempotency_key, body, run)
 
 
 @router.post(
@@ -94,16 +71,7 @@ async def reverse_topup(
         )
         return 201, plain(result)
 
-    return await run_once(
-        conn,
-        who,
-        idempotency_key,
-        method="POST",
-        path=request.url.path,
-        body=body.model_dump(mode="json"),
-        ttl_h=_ttl(request),
-        operation=run,
-    )
+    return await post_once(request, conn, who, idempotency_key, body, run)
 
 
 @router.get("/tariffs", tags=["tariffs"], response_model=list[TariffOut], summary="Tariffs (without versions)")
