@@ -47,6 +47,11 @@ class Page(BaseModel, Generic[T]):
     next: str | None = Field(None, description="cursor of the next page, null on the last page")
 
 
+def page(rows: list[dict[str, Any]], limit: int, key: str = "id") -> dict[str, Any]:
+    """A keyset page as a Page: a full page's last ``key`` is the cursor of the next one."""
+    return {"items": rows, "next": str(rows[-1][key]) if len(rows) == limit else None}
+
+
 # --- service points and meters ---------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from api.schemas import (
     LedgerEntryOut,
     NoticeOut,
     Page,
+    page,
 )
 from control import operations as control
 from prepaid import operations as prepaid
@@ -55,7 +56,7 @@ async def list_accounts(
     rows = await store.list_accounts(
         conn, only=only, service_point_id=service_point_id, status=status, after=after, limit=limit
     )
-    return {"items": rows, "next": rows[-1]["id"] if len(rows) == limit else None}
+    return page(rows, limit)
 
 
 @router.get("/accounts/{account_id}", response_model=AccountOut, summary="An account and its balance")
@@ -71,7 +72,7 @@ async def get_account(account_id: str, conn: Conn, who: AccountReaders) -> Any:
 async def ledger(account_id: str, conn: Conn, who: AccountReaders, after: After = None, limit: Limit = 100) -> Any:
     await _visible(conn, who, account_id)
     rows = await store.ledger(conn, account_id, after=after, limit=limit)
-    return {"items": rows, "next": str(rows[-1]["id"]) if len(rows) == limit else None}
+    return page(rows, limit)
 
 
 @router.get(
@@ -134,7 +135,7 @@ async def account_events(
 ) -> Any:
     await _visible(conn, who, account_id)
     rows = await store.account_events(conn, account_id, after=after, limit=limit)
-    return {"items": rows, "next": str(rows[-1]["id"]) if len(rows) == limit else None}
+    return page(rows, limit)
 
 
 @router.get("/accounts/{account_id}/notices", response_model=Page[NoticeOut], summary="Notices to this account")
@@ -143,7 +144,7 @@ async def account_notices(
 ) -> Any:
     await _visible(conn, who, account_id)
     rows = await store.list_notices(conn, account_id=account_id, kind=None, status=None, after=after, limit=limit)
-    return {"items": rows, "next": str(rows[-1]["id"]) if len(rows) == limit else None}
+    return page(rows, limit)
 
 
 @router.get("/kpis", response_model=KpisOut, summary="Collection KPIs per service area for [start, end)")

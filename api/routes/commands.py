@@ -29,6 +29,7 @@ from api.schemas import (
     CommandOut,
     Page,
     PolicyVersionIn,
+    page,
 )
 from control import operations as control
 from control.policy import profile_names
@@ -169,7 +170,7 @@ async def list_commands(
     rows = await store.list_commands(
         conn, state=state, meter_id=meter_id, account_id=account_id, action=action, after=after, limit=limit
     )
-    return {"items": rows, "next": str(rows[-1]["id"]) if len(rows) == limit else None}
+    return page(rows, limit)
 
 
 @router.get("/commands/{command_id}", tags=["commands"], response_model=CommandOut, summary="One command")

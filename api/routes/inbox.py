@@ -28,6 +28,7 @@ from api.schemas import (
     ReplayManyIn,
     ReplayManyOut,
     ReplayOut,
+    page,
 )
 from api.settings import ApiSettings
 from ingest.dispatch import Prefixes
@@ -41,10 +42,6 @@ After = Annotated[int | None, Query(ge=0, le=2**62, description="cursor: 'next' 
 Name = Annotated[str | None, Query(min_length=1, max_length=64)]
 
 
-def _page(rows: list[dict[str, Any]], limit: int) -> dict[str, Any]:
-    return {"items": rows, "next": str(rows[-1]["id"]) if len(rows) == limit else None}
-
-
 @router.get("/notices", tags=["notices"], response_model=Page[NoticeOut], summary="List notices")
 async def list_notices(
     conn: Conn,
@@ -56,7 +53,7 @@ async def list_notices(
     limit: Limit = 100,
 ) -> Any:
     rows = await store.list_notices(conn, account_id=account_id, kind=kind, status=status, after=after, limit=limit)
-    return _page(rows, limit)
+    return page(rows, limit)
 
 
 @router.get("/notices/{notice_id}", tags=["notices"], response_model=NoticeOut, summary="One notice")
@@ -92,7 +89,7 @@ async def list_quarantine(
     rows = await store.list_quarantine(
         conn, source=source, meter_id=meter_id, replayed=replayed, after=after, limit=limit
     )
-    return _page(rows, limit)
+    return page(rows, limit)
 
 
 @router.get(

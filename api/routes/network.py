@@ -11,7 +11,17 @@ from api import store
 from api.auth import OPERATORS, READERS, Principal, requires
 from api.deps import Conn, Now
 from api.errors import ProblemRoute, Unprocessable
-from api.schemas import ID_PATTERN, HoldResolveIn, MeterIn, MeterOut, MeterPatch, Page, ServicePointIn, ServicePointOut
+from api.schemas import (
+    ID_PATTERN,
+    HoldResolveIn,
+    MeterIn,
+    MeterOut,
+    MeterPatch,
+    Page,
+    ServicePointIn,
+    ServicePointOut,
+    page,
+)
 from prepaid import operations as prepaid
 from prepaid.models import HoldResolution
 
@@ -21,10 +31,6 @@ Readers = Annotated[Principal, Depends(requires(*READERS))]
 Operators = Annotated[Principal, Depends(requires(*OPERATORS))]
 IdQuery = Annotated[str | None, Query(pattern=ID_PATTERN)]
 Name = Annotated[str | None, Query(min_length=1, max_length=64)]
-
-
-def _page(items: list[dict[str, Any]], limit: int, key: str = "id") -> dict[str, Any]:
-    return {"items": items, "next": str(items[-1][key]) if len(items) == limit else None}
 
 
 @router.post("/service-points", status_code=201, response_model=ServicePointOut, summary="Register a service point")
@@ -37,7 +43,7 @@ async def list_service_points(
     conn: Conn, _: Readers, feeder: Name = None, area: Name = None, after: IdQuery = None, limit: Limit = 100
 ) -> Any:
     rows = await store.list_service_points(conn, feeder=feeder, area=area, after=after, limit=limit)
-    return _page(rows, limit)
+    return page(rows, limit)
 
 
 @router.get("/service-points/{service_point_id}", response_model=ServicePointOut, summary="One service point")
@@ -82,7 +88,7 @@ async def list_meters(
         after=after,
         limit=limit,
     )
-    return _page(rows, limit)
+    return page(rows, limit)
 
 
 @router.get("/meters/{meter_id}", response_model=MeterOut, summary="A meter: relay and comms state, last reading")
