@@ -51,6 +51,26 @@ async def _one(conn: psycopg.AsyncConnection[Any], query: Any, params: Any = Non
         return await cur.fetchone()
 
 
+async def _found(conn: psycopg.AsyncConnection[Any], what: str, query: Any, params: Any) -> Row:
+    """The one row of ``query``, or NotFound("<what> not found")."""
+    row = await _one(conn, query, params)
+    if row is None:
+        raise NotFound(f"{what} not found")
+    return row
+
+
+async def _check_service_point(conn: psycopg.AsyncConnection[Any], sp_id: str | None) -> None:
+    """A meter's service point must exist (422 unknown-reference); None is no reference."""
+    if sp_id is None:
+        return
+    if await _one(conn, "select 1 as x from service_points where id = %s", (sp_id,)) is None:
+        raise Unprocessable(
+            f"service point {sp_id} does not exist",
+            code="unknown-reference",
+            errors=[{"field": "body.service_point_id", "message": "no such service point"}],
+        )
+
+
 def _filters(conditions: dict[str, Any]) -> tuple[sql.Composable, list[Any]]:
     """``where a = %s and b = %s`` for the conditions whose value is not None."""
     parts: list[sql.Composable] = []
@@ -92,24 +112,16 @@ async def list_service_points(
 
 
 async def get_service_point(conn: psycopg.AsyncConnection[Any], sp_id: str) -> Row:
-    row = await _one(conn, f"select {SP_COLUMNS} from service_points where id = %s", (sp_id,))
-    if row is None:
-        raise NotFound(f"service point {sp_id} not found")
-    return row
+    return await _found(
+        conn, f"service point {sp_id}", f"select {SP_COLUMNS} from service_points where id = %s", (sp_id,)
+    )
 
 
 # --- meters ------------------------------------------------------------------------------
 
 
 async def insert_meter(conn: psycopg.AsyncConnection[Any], meter: Row) -> Row:
-    if meter.get("service_point_id") is not None:
-        exists = await _one(conn, "select 1 as x from service_points where id = %s", (meter["service_point_id"],))
-        if exists is None:
-            raise Unprocessable(
-                f"service point {meter['service_point_id']} does not exist",
-                code="unknown-reference",
-                errors=[{"field": "body.service_point_id", "message": "no such service point"}],
-            )
+    await _check_service_point(conn, meter.get("service_point_id"))
     cols = list(meter)
     query = sql.SQL(
         "insert into meters ({}) values ({}) on conflict (id) do nothing returning " + METER_COLUMNS
@@ -121,14 +133,7 @@ async def insert_meter(conn: psycopg.AsyncConnection[Any], meter: Row) -> Row:
 
 
 async def update_meter(conn: psycopg.AsyncConnection[Any], meter_id: str, changes: Row) -> Row:
-    if changes.get("service_point_id") is not None:
-        exists = await _one(conn, "select 1 as x from service_points where id = %s", (changes["service_point_id"],))
-        if exists is None:
-            raise Unprocessable(
-                f"service point {changes['service_point_id']} does not exist",
-                code="unknown-reference",
-                errors=[{"field": "body.service_point_id", "message": "no such service point"}],
-            )
+    await _check_service_point(conn, changes.get("service_point_id"))
     if not changes:
         return await get_meter(conn, meter_id)
     query = sql.SQL("update meters set {} where id = {} returning " + METER_COLUMNS).format(
@@ -177,10 +182,7 @@ async def list_meters(
 
 
 async def get_meter(conn: psycopg.AsyncConnection[Any], meter_id: str) -> Row:
-    row = await _one(conn, f"select {METER_COLUMNS} from meters where id = %s", (meter_id,))
-    if row is None:
-        raise NotFound(f"meter {meter_id} not found")
-    return row
+    return await _found(conn, f"meter {meter_id}", f"select {METER_COLUMNS} from meters where id = %s", (meter_id,))
 
 
 async def last_reading(conn: psycopg.AsyncConnection[Any], meter_id: str) -> Row | None:
@@ -318,10 +320,9 @@ async def list_accounts(
 
 
 async def get_account(conn: psycopg.AsyncConnection[Any], account_id: str) -> Row:
-    row = await _one(conn, f"select {ACCOUNT_COLUMNS} from accounts where id = %s", (account_id,))
-    if row is None:
-        raise NotFound(f"account {account_id} not found")
-    return row
+    return await _found(
+        conn, f"account {account_id}", f"select {ACCOUNT_COLUMNS} from accounts where id = %s", (account_id,)
+    )
 
 
 async def ledger(conn: psycopg.AsyncConnection[Any], account_id: str, *, after: int | None, limit: int) -> list[Row]:
@@ -386,10 +387,9 @@ async def list_commands(
 
 
 async def get_command(conn: psycopg.AsyncConnection[Any], command_id: int) -> Row:
-    row = await _one(conn, f"select {COMMAND_COLUMNS} from commands where id = %s", (command_id,))
-    if row is None:
-        raise NotFound(f"command {command_id} not found")
-    return row
+    return await _found(
+        conn, f"command {command_id}", f"select {COMMAND_COLUMNS} from commands where id = %s", (command_id,)
+    )
 
 
 async def commands_by_ids(conn: psycopg.AsyncConnection[Any], ids: list[int]) -> list[Row]:
@@ -440,10 +440,9 @@ async def list_notices(
 
 
 async def get_notice(conn: psycopg.AsyncConnection[Any], notice_id: int) -> Row:
-    row = await _one(conn, f"select {NOTICE_COLUMNS} from notices where id = %s", (notice_id,))
-    if row is None:
-        raise NotFound(f"notice {notice_id} not found")
-    return row
+    return await _found(
+        conn, f"notice {notice_id}", f"select {NOTICE_COLUMNS} from notices where id = %s", (notice_id,)
+    )
 
 
 async def mark_delivered(
@@ -505,10 +504,9 @@ async def quarantine_ids(
 
 
 async def get_quarantined(conn: psycopg.AsyncConnection[Any], qid: int) -> Row:
-    row = await _one(conn, f"select {QUARANTINE_COLUMNS}, payload from quarantine where id = %s", (qid,))
-    if row is None:
-        raise NotFound(f"quarantine item {qid} not found")
-    return row
+    return await _found(
+        conn, f"quarantine item {qid}", f"select {QUARANTINE_COLUMNS}, payload from quarantine where id = %s", (qid,)
+    )
 
 
 async def mark_replayed(conn: psycopg.AsyncConnection[Any], qid: int, *, at: datetime, result: str) -> None:
