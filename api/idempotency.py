@@ -6,15 +6,19 @@ Rules (also in docs/api.md):
 - keys are scoped to the API key that sent them;
 - the request fingerprint is SHA-256 over method, path and the canonical JSON of
   the validated body (so whitespace and key order do not matter);
-- first use: the key is claimed, the operation runs, its 2xx response is stored;
-  if the operation fails the claim is released (a retry runs it again);
+- first use: the key is claimed, the operation runs and its 2xx response is stored,
+  all in one database transaction; if the operation fails the transaction rolls back,
+  the claim with it (a retry runs it again);
 - same key + same request: the stored response is replayed with the same status
   and the header ``Idempotent-Replayed: true``;
 - same key + different request: 422 ``idempotency-mismatch``;
-- same key while the first request is still running: 409 ``idempotency-in-flight``;
-  a claim left without a response for STALE_CLAIM_S (the process died mid-request) is
-  taken over by the next request with that key. That is safe because the operations
-  are idempotent themselves (top-ups on (channel, reference), commands on their key).
+- same key while the first request is still running: 409 ``idempotency-in-flight``
+  (its transaction holds an advisory lock on the key; the second request does not wait);
+- a process that dies mid-request leaves nothing (its transaction rolls back). A claim
+  without a response older than STALE_CLAIM_S (written by an earlier version, which
+  committed the claim first) is taken over by the next request with that key. That is
+  safe because the operations are idempotent themselves (top-ups on (channel, reference),
+  commands on their key).
 """
 
 from __future__ import annotations
@@ -49,6 +53,21 @@ IdempotencyKey = Annotated[
     ),
 ]
 Operation = Callable[[], Awaitable[tuple[int, Any]]]
+# Two-key advisory lock namespace of idempotency claims (0x4150, "AP"); the second key is
+# hashtext('<api key id>:<Idempotency-Key>'). Held until the claiming transaction ends.
+LOCK_SPACE = 0x4150
+_CLAIM = (
+    "with lock as (select pg_try_advisory_xact_lock(%(space)s, hashtext(%(lock)s)) as got),"
+    " claim as (insert into api_idempotency (key_id, idempotency_key, method, path, request_sha256)"
+    " select %(key_id)s, %(key)s, %(method)s, %(path)s, %(digest)s from lock where got"
+    " on conflict do nothing returning 1)"
+    " select got, exists (select from claim) from lock"
+)
+_FORGET = (
+    "delete from api_idempotency where key_id = %(key_id)s and idempotency_key = %(key)s"
+    " and (created_at < now() - make_interval(hours => %(ttl_h)s)"
+    " or (response is null and created_at < now() - make_interval(secs => %(stale_s)s)))"
+)
 
 
 def fingerprint(method: str, path: str, body: Any) -> str:
@@ -67,37 +86,43 @@ async def run_once(
     ttl_h: int,
     operation: Operation,
 ) -> JSONResponse:
-    """Run ``operation`` (returning status and a JSON-able body) at most once per key."""
+    """Run ``operation`` (returning status and a JSON-able body) at most once per key.
+
+    One transaction holds the claim, the operation (its own transactions nest as
+    savepoints) and the stored response: one commit, and the response is stored if and
+    only if the operation's effects are. The claim's transaction-level advisory lock
+    tells a concurrent request with the same key (409 in flight) without waiting on it.
+    """
     digest = fingerprint(method, path, body)
+    record = {
+        "space": LOCK_SPACE,
+        "lock": f"{principal.key_id}:{key}",
+        "key_id": principal.key_id,
+        "key": key,
+        "method": method.upper(),
+        "path": path,
+        "digest": digest,
+        "ttl_h": ttl_h,
+        "stale_s": STALE_CLAIM_S,
+    }
     async with conn.transaction():
-        await conn.execute(
-            "delete from api_idempotency where key_id = %s and idempotency_key = %s"
-            " and (created_at < now() - make_interval(hours => %s)"
-            " or (response is null and created_at < now() - make_interval(secs => %s)))",
-            (principal.key_id, key, ttl_h, STALE_CLAIM_S),
-        )
-        cur = await conn.execute(
-            "insert into api_idempotency (key_id, idempotency_key, method, path, request_sha256)"
-            " values (%s, %s, %s, %s, %s) on conflict do nothing",
-            (principal.key_id, key, method.upper(), path, digest),
-        )
-        claimed = cur.rowcount == 1
-    if not claimed:
-        return await _replay(conn, principal, key, digest)
-    try:
+        cur = await conn.execute(_CLAIM, record)
+        got, claimed = await cur.fetchone() or (False, False)
+        if not got:
+            raise Conflict("a request with this Idempotency-Key is still in progress", code="idempotency-in-flight")
+        if not claimed:
+            # An earlier record: forget it if expired (or a claim a dead process left), else replay it.
+            cur = await conn.execute(_FORGET, record)
+            if cur.rowcount == 0:
+                return await _replay(conn, principal, key, digest)
+            await conn.execute(_CLAIM, record)
         status, result = await operation()
-    except BaseException:
+        payload = jsonable_encoder(result)
         await conn.execute(
-            "delete from api_idempotency where key_id = %s and idempotency_key = %s and response is null",
-            (principal.key_id, key),
+            "update api_idempotency set status_code = %s, response = %s, completed_at = now()"
+            " where key_id = %s and idempotency_key = %s",
+            (status, Jsonb(payload), principal.key_id, key),
         )
-        raise
-    payload = jsonable_encoder(result)
-    await conn.execute(
-        "update api_idempotency set status_code = %s, response = %s, completed_at = now()"
-        " where key_id = %s and idempotency_key = %s",
-        (status, Jsonb(payload), principal.key_id, key),
-    )
     return JSONResponse(payload, status_code=status)
 
 
