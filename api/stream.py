@@ -117,6 +117,8 @@ class EventHub:
                     self.connected.set()
                     async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as reader:
                         async for notify in conn.notifies():
+                            if not self._subs:  # nobody listening: do not load rows for nobody
+                                continue
                             for event in await _events(reader, notify.channel, notify.payload):
                                 self.publish(event)
             except psycopg.OperationalError as exc:
