@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
 from headend.settings import CommonSettings
 
 
 class IngestSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="HEADEND_", extra="ignore", populate_by_name=True)
+
     # MQTT topics and session
     mqtt_tasmota_prefix: str = ""
     mqtt_shelly_prefix: str = ""
     mqtt_subscribe_devices: bool = True  # subscribe to the Tasmota / Shelly topic filters too
-    mqtt_client_id: str = "headend-ingest"
+    # names the persistent session: stable per process, unique per collector
+    mqtt_client_id: str = Field(
+        default="headend-ingest",
+        validation_alias=AliasChoices("HEADEND_MQTT_CLIENT_ID", "HEADEND_INGEST_CLIENT_ID"),
+    )
     mqtt_share_group: str = ""  # non-empty: subscribe as $share/<group>/<filter>
     mqtt_session_expiry_s: int = 86_400
     mqtt_receive_maximum: int = 10_000  # QoS 1 messages in flight (unacknowledged) at once
