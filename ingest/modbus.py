@@ -148,6 +148,7 @@ class ModbusPoller:
         linger_s: float = 0.1,
         reload_s: float = 60.0,
         shard: tuple[int, int] = (0, 1),
+        interval_override_s: float | None = None,
         client_factory: ClientFactory = tcp_client,
         clock: Callable[[], Any] | None = None,
     ) -> None:
@@ -162,6 +163,7 @@ class ModbusPoller:
         self.linger_s = linger_s
         self.reload_s = reload_s
         self.shard = shard
+        self.interval_override_s = interval_override_s
         self.client_factory = client_factory
         self.clock = clock or utc_now
         self.states: dict[str, _State] = {}
@@ -177,7 +179,8 @@ class ModbusPoller:
             rows = await cur.fetchall()
         seen = set()
         for r in rows:
-            meter = ModbusMeter(r[0], r[1], int(r[2]), int(r[3]), str(r[4]).lower(), float(r[5]))
+            interval = self.interval_override_s or float(r[5])
+            meter = ModbusMeter(r[0], r[1], int(r[2]), int(r[3]), str(r[4]).lower(), interval)
             if not in_shard(meter.meter_id, *self.shard):
                 continue
             if meter.register_map not in MAPS:

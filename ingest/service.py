@@ -253,6 +253,8 @@ async def serve_modbus(settings: IngestSettings | None = None) -> None:
     await pool.open(wait=True, timeout=30)
     try:
         writer = make_writer(pool, settings)
+        if settings.modbus_poll_interval_s:
+            writer.interval_overrides["modbus"] = settings.modbus_poll_interval_s
         await writer.refresh_directory(force=True)
         poller = ModbusPoller(
             pool,
@@ -263,6 +265,7 @@ async def serve_modbus(settings: IngestSettings | None = None) -> None:
             read_relay=settings.modbus_read_relay,
             reload_s=settings.modbus_reload_s,
             shard=parse_shard(settings.modbus_shard),
+            interval_override_s=settings.modbus_poll_interval_s,
         )
         await poller.load()
         logger.info("polling %d Modbus meter(s)", len(poller.states))

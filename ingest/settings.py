@@ -43,4 +43,5 @@ class IngestSettings(CommonSettings):
     modbus_backoff_cap_s: float = 300.0
     modbus_read_relay: bool = True
     modbus_reload_s: float = 60.0  # re-read the meters table this often
+    modbus_poll_interval_s: float | None = None  # set: overrides every meter's poll_interval_s
     modbus_shard: str = ""  # "k/n": this poller owns the meters whose id hashes to k of n (scale-out)

@@ -23,6 +23,7 @@ The caller acknowledges the batch's messages only after :meth:`BatchWriter.write
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import zlib
@@ -220,6 +221,7 @@ class BatchWriter:
         self.gap_factor = gap_factor
         self.directory_min_age_s = directory_min_age_s
         self.directory = MeterDirectory()
+        self.interval_overrides: dict[str, float] = {}  # protocol -> interval_s used for gaps
         self._directory_at = float("-inf")
 
     async def refresh_directory(self, *, force: bool = False) -> bool:
@@ -227,7 +229,17 @@ class BatchWriter:
         if not force and time.monotonic() - self._directory_at < self.directory_min_age_s:
             return False
         async with self.pool.connection() as conn:
-            self.directory = await load_directory(conn)
+            directory = await load_directory(conn)
+        if self.interval_overrides:  # e.g. HEADEND_MODBUS_POLL_INTERVAL_S: gaps follow the real schedule
+            directory = MeterDirectory.of(
+                [
+                    dataclasses.replace(m, interval_s=int(self.interval_overrides[m.protocol]))
+                    if m.protocol in self.interval_overrides
+                    else m
+                    for m in directory.by_id.values()
+                ]
+            )
+        self.directory = directory
         self._directory_at = time.monotonic()
         return True
 

@@ -211,3 +211,12 @@ async def test_concurrent_writers_still_see_each_others_neighbours(pool: AsyncCo
     kinds = [k for (k,) in query(fleet, "select kind from meter_events where meter_id = 'M-1' order by ts")]
     assert kinds.count("register_reset") == 5  # every 5 MWh -> 10 Wh step, whichever batch committed first
     assert kinds.count("energy_spike") == 4  # every 10 Wh -> 5 MWh step 45 min later
+
+
+async def test_interval_override_moves_the_gap_threshold(pool: AsyncConnectionPool[Any], fleet: str) -> None:
+    w = BatchWriter(pool)
+    w.interval_overrides["mqtt"] = 3600  # as HEADEND_MODBUS_POLL_INTERVAL_S does for Modbus meters
+    await w.refresh_directory(force=True)
+    assert w.directory.by_id["M-1"].interval_s == 3600
+    res = await w.write([native("M-1", (at(0), 1000), (at(60), 1400), (at(240), 1800))], NOW)
+    assert [(f.kind, f.ts) for f in res.findings] == [("gap", at(60))]  # 3 h > 1.5 x 1 h; 1 h is not
