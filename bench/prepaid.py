@@ -144,7 +144,10 @@ async def engine_until(url: str, settings: PrepaidSettings, stop: asyncio.Event,
             tasks = [tg.create_task(listen_billing(url, wakes), name="bench-listen")]
             for i, wake in enumerate(wakes):
                 tasks.append(
-                    tg.create_task(run_billing(pool, settings, Clock(), wake, on_batch), name=f"bench-billing-{i}")
+                    tg.create_task(
+                        run_billing(pool, settings, Clock(), wake, on_batch, partition=(i, len(wakes))),
+                        name=f"bench-billing-{i}",
+                    )
                 )
             await stop.wait()
             for t in tasks:

@@ -81,6 +81,45 @@ class BatchResult:
     debit_minor: int = 0
     holds: dict[str, str] = field(default_factory=dict)
     event_ids: list[int] = field(default_factory=list)
+    late: int = 0  # rows at or before the meter's billed watermark: ignored (deleted), energy already covered
+
+
+# advisory lock namespace of prepaid's per-meter billing locks (two-key form: (namespace, hashtext(meter_id)))
+METER_LOCK_NS = 0x5052_4550  # "PREP"
+
+_CLAIM_SQL = """
+with cand as materialized (
+    select w.meter_id, min(w.id) as first_id from (
+        select q.id, q.meter_id from billing_queue q
+        where not exists (select 1 from meters m where m.id = q.meter_id and m.billing_hold is not null)
+          and (%(n)s = 1 or (hashtext(q.meter_id) & 2147483647) %% %(n)s = %(i)s)
+        order by q.id limit %(limit)s
+    ) w group by w.meter_id
+), mine as materialized (
+    select c.meter_id from cand c where pg_try_advisory_xact_lock(%(ns)s, hashtext(c.meter_id))
+)
+select q.id, q.meter_id, floor(extract(epoch from q.ts))::bigint, q.energy_wh
+from billing_queue q join mine using (meter_id)
+order by q.meter_id, q.ts, q.id
+limit %(cap)s
+for update of q
+"""
+
+
+async def _claim(
+    conn: AsyncConnection[Any], limit: int, partition: tuple[int, int] | None
+) -> list[tuple[int, str, int, float]]:
+    """Claim whole meters, not rows: the meters of the oldest ``limit`` queued rows (of this
+    partition) that no other transaction holds (pg_try_advisory_xact_lock, never waits), and
+    all their queued rows in ts order (at most 2 x limit; a cut leaves a meter's newest rows).
+
+    One statement, one round trip. Rows another batch deleted after this statement's snapshot
+    are skipped by FOR UPDATE (read committed re-check), and billing_state is read by the next
+    statement, after the meter lock is held, so it always sees the committed watermark.
+    """
+    i, n = partition if partition is not None else (0, 1)
+    cur = await conn.execute(_CLAIM_SQL, {"n": n, "i": i, "limit": limit, "ns": METER_LOCK_NS, "cap": 2 * limit})
+    return [(int(r[0]), r[1], int(r[2]), float(r[3])) for r in await cur.fetchall()]
 
 
 def _ts(seconds: int | None) -> datetime | None:
@@ -94,17 +133,17 @@ async def bill_batch(
     limit: int = 2000,
     versions: VersionCache | None = None,
     interval_s: int = INTERVAL_S,
+    partition: tuple[int, int] | None = None,
 ) -> BatchResult:
+    """Bill one batch; ``partition=(i, n)`` takes only meters whose hash is i modulo n.
+
+    Per-meter order holds across workers and processes: a batch owns its meters (an
+    advisory lock per meter, held to commit) and takes their queued rows in ``ts`` order.
+    """
     versions = versions or VersionCache()
     result = BatchResult()
     async with conn.transaction():
-        cur = await conn.execute(
-            "select q.id, q.meter_id, floor(extract(epoch from q.ts))::bigint, q.energy_wh from billing_queue q"
-            " where not exists (select 1 from meters m where m.id = q.meter_id and m.billing_hold is not null)"
-            " order by q.id limit %s for update of q skip locked",
-            (limit,),
-        )
-        claimed = await cur.fetchall()
+        claimed = await _claim(conn, limit, partition)
         if not claimed:
             return result
         result.claimed_ids = [int(r[0]) for r in claimed]
@@ -165,6 +204,8 @@ async def bill_batch(
             )
             spec = billing.MeterSpec(r[1], r[2], r[3], r[4])
             readings = [(ts, value) for _, ts, value in by_meter[meter_id]]
+            if state.last_ts_s is not None:
+                result.late += sum(1 for ts, _ in readings if ts <= state.last_ts_s)
             key = (tariff_id if account_id is not None else "", r[8] or "UTC", r[9] or "CN", r[10])
             groups.setdefault(key, []).append(_Item(meter_id, account_id, state, readings, spec))
 

@@ -3,12 +3,13 @@
 Tasks (one TaskGroup): ``prepaid-listen`` (LISTEN billing, wakes the workers),
 ``prepaid-billing-<n>`` (``prepaid_workers`` of them, default 2: bill_batch until the
 queue is drained, then wait for a NOTIFY or the poll interval; while one waits on the
-database the other computes, and SKIP LOCKED claims plus per-meter row locks taken in
-meter-id order keep them apart without deadlocks), ``prepaid-daily`` (daily.daily_tick every
+database the other computes; worker i takes the meters whose hash is i modulo n, and a
+per-meter advisory lock, tried without waiting, keeps other processes off a meter being
+billed, so each meter's readings are billed in ts order), ``prepaid-daily`` (daily.daily_tick every
 ``prepaid_daily_every_s``) and ``prepaid-notices`` (notices.deliver_due).
 Cancellation (SIGTERM) interrupts between transactions or rolls the current one
-back; nothing is half-posted. Several processes may run side by side: claims use
-SKIP LOCKED and per-meter row locks.
+back; nothing is half-posted. Several processes may run side by side: a batch owns
+its meters through per-meter advisory locks.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ async def run_billing(
     clock: Clock,
     wake: asyncio.Event,
     on_batch: Callable[[BatchResult], None] | None = None,
+    partition: tuple[int, int] | None = None,
 ) -> None:
+    """Bill until the queue (of this worker's partition) is drained, then wait for a NOTIFY or the poll."""
     versions = VersionCache()
     backoff = delays(0.2, 10.0)
     while True:
@@ -71,6 +74,7 @@ async def run_billing(
                     limit=settings.prepaid_batch_size,
                     versions=versions,
                     interval_s=settings.prepaid_interval_s,
+                    partition=partition,
                 )
         except psycopg.Error as exc:
             logger.warning("billing batch failed, retrying: %s", exc)
@@ -83,6 +87,8 @@ async def run_billing(
         backoff = delays(0.2, 10.0)
         if on_batch is not None:
             on_batch(result)
+        if result.late:
+            logger.info("%s late readings (at or before the billed watermark) ignored", result.late)
         if result.claimed_ids:
             logger.debug("billed %s rows, %s intervals", len(result.claimed_ids), result.intervals)
         if len(result.claimed_ids) < settings.prepaid_batch_size:
@@ -147,7 +153,9 @@ async def serve(settings: PrepaidSettings | None = None, clock: Clock | None = N
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(listen_billing(settings.database_url, wakes), name="prepaid-listen")
                 for i, wake in enumerate(wakes):
-                    tg.create_task(run_billing(pool, settings, clock, wake), name=f"prepaid-billing-{i}")
+                    tg.create_task(
+                        run_billing(pool, settings, clock, wake, partition=(i, len(wakes))), name=f"prepaid-billing-{i}"
+                    )
                 tg.create_task(run_daily(pool, settings, clock), name="prepaid-daily")
                 tg.create_task(run_notices(pool, settings, clock, sender), name="prepaid-notices")
     finally:
