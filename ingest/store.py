@@ -111,6 +111,15 @@ where e.kind = 'gap' and e.meter_id = any(%(meters)s) and not (e.detail ? 'fille
 returning e.meter_id, e.ts
 """
 
+# A repeat of (meter, OBIS, ts) is dropped; one that carries another value is recorded.
+_CONFLICTS = """
+select distinct on (s.meter_id, s.ts) s.meter_id, s.obis, s.ts, r.value, s.value
+from ingest_stage s
+join readings r on r.meter_id = s.meter_id and r.obis = s.obis and r.ts = s.ts
+where r.value <> s.value
+order by s.meter_id, s.ts, s.obis
+"""
+
 _INSERT_EVENTS = """
 insert into meter_events (meter_id, ts, kind, detail, source)
 select meter_id, ts, kind, detail, source from ingest_stage_events
@@ -150,6 +159,7 @@ class WriteResult:
     quarantined: int = 0
     findings: list[Finding] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (item index, reason), whole or part
+    conflicts: list[Event] = field(default_factory=list)  # a repeat of a stored reading with another value
     gaps_filled: int = 0
     restored: list[str] = field(default_factory=list)  # meters whose comms came back
 
@@ -310,7 +320,14 @@ class BatchWriter:
                 result.readings_new, result.billing_rows = int(counts[0]), int(counts[1])
                 if result.billing_rows:
                     await self._validate(cur, result, now)
+                if result.readings_new < result.readings_offered:
+                    await cur.execute(_CONFLICTS)
+                    result.conflicts = [
+                        Event(r[0], r[2], "reading_conflict", {"obis": r[1], "stored": r[3], "offered": r[4]})
+                        for r in await cur.fetchall()
+                    ]
             events = [(e, s) for e, s in zip(plan.events, plan.event_sources, strict=True)]
+            events += [(e, "ingest") for e in result.conflicts]
             events += [(Event(f.meter_id, f.ts, f.kind, f.detail), "ingest") for f in result.findings]
             if events:
                 async with cur.copy(

@@ -220,3 +220,16 @@ async def test_interval_override_moves_the_gap_threshold(pool: AsyncConnectionPo
     assert w.directory.by_id["M-1"].interval_s == 3600
     res = await w.write([native("M-1", (at(0), 1000), (at(60), 1400), (at(240), 1800))], NOW)
     assert [(f.kind, f.ts) for f in res.findings] == [("gap", at(60))]  # 3 h > 1.5 x 1 h; 1 h is not
+
+
+async def test_a_repeat_with_another_value_is_recorded_not_applied(pool: AsyncConnectionPool[Any], fleet: str) -> None:
+    w = await writer(pool)
+    await w.write([native("M-1", (at(0), 1000), (at(15), 1100))], NOW)
+    res = await w.write([native("M-1", (at(0), 1000), (at(15), 1150))], NOW)  # same keys, one value differs
+    assert res.readings_new == 0
+    assert [(e.ts, e.detail) for e in res.conflicts] == [
+        (at(15), {"obis": "1-0:1.8.0", "stored": 1100.0, "offered": 1150.0})
+    ]
+    assert query(fleet, "select value from readings where ts = %s", (at(15),)) == [(1100.0,)]  # first one wins
+    assert query(fleet, "select kind from meter_events") == [("reading_conflict",)]
+    assert query(fleet, "select count(*) from billing_queue")[0][0] == 2
