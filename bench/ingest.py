@@ -158,6 +158,45 @@ def modbus_server_main(ports: list[int], units: int) -> None:
     asyncio.run(main())
 
 
+def raw_modbus_main(ports: list[int]) -> None:
+    """A minimal Modbus TCP responder (MBAP framing, FC03 from the recorded SunSpec block, any unit id).
+
+    It costs a few microseconds per request, so the poll rate against it is the poller's own.
+    """
+    import struct
+
+    from tests.integration.ingest.modbus_sim import recorded
+
+    base, regs = recorded("sunspec/meter_203_chain.json")
+    block = struct.pack(f">{len(regs)}H", *regs)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                tid, _, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
+                pdu = await reader.readexactly(length - 1)
+                fc = pdu[0]
+                body = bytes([fc | 0x80, 1])  # illegal function
+                if fc == 3 and len(pdu) >= 5:
+                    addr, count = struct.unpack(">HH", pdu[1:5])
+                    off = addr - base
+                    body = bytes([fc, 2 * count]) + block[2 * off : 2 * (off + count)]
+                    if off < 0 or off + count > len(regs):
+                        body = bytes([fc | 0x80, 2])  # illegal data address
+                writer.write(struct.pack(">HHHB", tid, 0, len(body) + 1, unit) + body)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def main() -> None:
+        servers = [await asyncio.start_server(handle, "127.0.0.1", p) for p in ports]
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        for srv in servers:
+            srv.close()
+
+    asyncio.run(main())
+
+
 # ----------------------------------------------------------------------------- measurements
 def percentile(values: list[float], q: float) -> float:
     if not values:
@@ -295,9 +334,10 @@ def raw_copy_rate(url: str, rows: int) -> float:
         return rows / (time.perf_counter() - t)
 
 
-def start_modbus_server(ports: list[int], per_port: int) -> subprocess.Popen[str]:
+def start_modbus_server(ports: list[int], per_port: int, raw: bool = False) -> subprocess.Popen[str]:
+    mode = "--modbus-raw" if raw else "--modbus-server"
     server = subprocess.Popen(
-        [sys.executable, __file__, "--modbus-server", ",".join(map(str, ports)), str(per_port)],
+        [sys.executable, __file__, mode, ",".join(map(str, ports)), str(per_port)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -307,7 +347,7 @@ def start_modbus_server(ports: list[int], per_port: int) -> subprocess.Popen[str
     return server
 
 
-async def modbus_polls(url: str, meters: int, seconds: float) -> dict[str, Any]:
+async def modbus_polls(url: str, meters: int, seconds: float, raw: bool = False) -> dict[str, Any]:
     from psycopg_pool import AsyncConnectionPool
 
     from ingest.modbus import ModbusPoller
@@ -316,6 +356,7 @@ async def modbus_polls(url: str, meters: int, seconds: float) -> dict[str, Any]:
     per_port = 125
     ports = [free_port() for _ in range((meters + per_port - 1) // per_port)]
     with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("delete from meters where protocol = 'modbus'")  # the previous run's fleet
         for i in range(meters):
             registry.ensure_meter(
                 conn,
@@ -329,8 +370,10 @@ async def modbus_polls(url: str, meters: int, seconds: float) -> dict[str, Any]:
                 modbus_map="sunspec",
                 poll_interval_s=1,
             )
-    # two server processes (half the ports each): the simulated meters are the costly side
-    servers = [start_modbus_server(ports[k::2], per_port) for k in range(min(2, len(ports)))]
+    if raw:
+        servers = [start_modbus_server(ports, per_port, raw=True)]
+    else:  # two pymodbus server processes (half the ports each): the simulated meters are the costly side
+        servers = [start_modbus_server(ports[k::2], per_port) for k in range(min(2, len(ports)))]
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(url, min_size=2, max_size=4, open=False)
     await pool.open()
     from ingest.store import BatchWriter
@@ -399,7 +442,10 @@ def main() -> None:
         steps = -(-n_single // METERS) - (-paced_n // METERS)
         batched = asyncio.run(through_collector(url, prefix + "-3", "batch", n_batches, n_batches * METERS, steps))
         phase("Modbus poller")
-        modbus = asyncio.run(modbus_polls(url, int(500 * min(SCALE, 1.0)) or 10, 10.0 * min(SCALE, 1.0) or 2))
+        n_modbus, modbus_s = int(500 * min(SCALE, 1.0)) or 10, 10.0 * min(SCALE, 1.0) or 2
+        modbus = asyncio.run(modbus_polls(url, n_modbus, modbus_s))
+        phase("Modbus poller against a minimal responder")
+        modbus_raw = asyncio.run(modbus_polls(url, n_modbus, modbus_s, raw=True))
 
         print(f"ingest bench ({os.cpu_count()} cores, {time.perf_counter() - t_all:.0f}s)")
         print(
@@ -437,6 +483,10 @@ def main() -> None:
             f"    poller side: {modbus['cpu_ms_per_poll']:.2f} ms CPU per poll (incl. writing the readings)"
             f" = {1000 / modbus['cpu_ms_per_poll']:,.0f} polls/s per core; the rest is the simulated meters"
         )
+        print(
+            f"  Modbus polls over {modbus_raw['meters']} meters, minimal responder: {modbus_raw['polls_per_s']:8,.0f}"
+            f" polls/s  failures {modbus_raw['failures']}  ({modbus_raw['cpu_ms_per_poll']:.2f} ms CPU per poll)"
+        )
     finally:
         db.drop_database(BASE_URL, name)
 
@@ -445,6 +495,8 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--publish":
         a = sys.argv[2:]
         publisher_main(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), int(a[5]), float(a[6]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--modbus-raw":
+        raw_modbus_main([int(p) for p in sys.argv[2].split(",")])
     elif len(sys.argv) > 1 and sys.argv[1] == "--modbus-server":
         modbus_server_main([int(p) for p in sys.argv[2].split(",")], int(sys.argv[3]))
     else:
