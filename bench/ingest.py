@@ -442,7 +442,7 @@ def main() -> None:
         steps = -(-n_single // METERS) - (-paced_n // METERS)
         batched = asyncio.run(through_collector(url, prefix + "-3", "batch", n_batches, n_batches * METERS, steps))
         phase("Modbus poller")
-        n_modbus, modbus_s = int(500 * min(SCALE, 1.0)) or 10, 10.0 * min(SCALE, 1.0) or 2
+        n_modbus, modbus_s = int(500 * min(SCALE, 1.0)) or 10, 6.0 * min(SCALE, 1.0) or 2
         modbus = asyncio.run(modbus_polls(url, n_modbus, modbus_s))
         phase("Modbus poller against a minimal responder")
         modbus_raw = asyncio.run(modbus_polls(url, n_modbus, modbus_s, raw=True))
