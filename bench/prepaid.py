@@ -40,7 +40,7 @@ from psycopg_pool import AsyncConnectionPool  # noqa: E402
 from headend import db  # noqa: E402
 from headend.clock import Clock  # noqa: E402
 from prepaid.engine import BatchResult  # noqa: E402
-from prepaid.operations import statement  # noqa: E402
+from prepaid.operations import statement, statement_columns, statement_json  # noqa: E402
 from prepaid.service import listen_billing, run_billing  # noqa: E402
 from prepaid.settings import PrepaidSettings  # noqa: E402
 
@@ -253,18 +253,20 @@ async def one_year_statement(url: str) -> dict[str, float]:
             (T0, T0),
         )
         conn.execute("analyze interval_charges")
-    times = []
+    out: dict[str, float] = {}
     async with await psycopg.AsyncConnection.connect(url) as conn:
-        for _ in range(7):
-            t = time.perf_counter()
-            st = await statement(conn, "AY", T0, T0 + timedelta(days=365))
-            times.append(time.perf_counter() - t)
-            await conn.commit()
-    return {
-        "intervals": float(len(st.intervals)),
-        "p50_ms": statistics.median(times) * 1000,
-        "best_ms": min(times) * 1000,
-    }
+        for name, fn in (("rows", statement), ("columns", statement_columns), ("json", statement_json)):
+            times = []
+            for _ in range(7):
+                t = time.perf_counter()
+                st = await fn(conn, "AY", T0, T0 + timedelta(days=365))
+                times.append(time.perf_counter() - t)
+                await conn.commit()
+            out[f"{name}_p50_ms"] = statistics.median(times) * 1000
+            out[f"{name}_best_ms"] = min(times) * 1000
+            if name == "columns":
+                out["intervals"] = float(len(st))  # type: ignore[arg-type]
+    return out
 
 
 async def ceilings(url: str, meters: int) -> dict[str, float]:
@@ -319,8 +321,12 @@ async def main() -> None:
         )
         st = await one_year_statement(url)
         print(
-            f"statement  one account, {st['intervals']:.0f} intervals: "
-            f"p50 {st['p50_ms']:.0f} ms, best {st['best_ms']:.0f} ms"
+            f"statement  one account, one year, {st['intervals']:.0f} intervals: "
+            + "; ".join(
+                f"{k} p50 {st[k + '_p50_ms']:.0f} ms, best {st[k + '_best_ms']:.0f} ms"
+                for k in ("rows", "columns", "json")
+            )
+            + " (rows = statement(), columns = statement_columns(), json = statement_json() bytes)"
         )
         c = await ceilings(url, args.meters)
         print(

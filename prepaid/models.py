@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,75 @@ class Statement:
     charges_micro: int
     intervals: list[StatementLine]
     entries: list[LedgerLine]  # every ledger entry posted in [start, end)
+
+
+@dataclass(frozen=True, eq=False)
+class StatementColumns:
+    """A statement as columns (the fast path: no per-interval Python object).
+
+    ``intervals`` maps each StatementLine field to one column, ordered by
+    (interval_start, meter_id, block): ``interval_start_s`` is epoch seconds (UTC),
+    ``meter_id`` and ``label`` are lists of str, the others int64 numpy arrays.
+    ``to_json()`` is the whole document as UTF-8 JSON bytes, ready to send.
+    """
+
+    account_id: str
+    currency: str
+    start: datetime
+    end: datetime
+    opening_balance_minor: int
+    closing_balance_minor: int
+    energy_wh: int
+    charges_micro: int
+    intervals: dict[str, Any]
+    entries: list[LedgerLine]
+
+    def __len__(self) -> int:
+        return len(self.intervals["meter_id"])
+
+    def to_json(self) -> bytes:
+        """Columnar JSON: {"account_id", ..., "intervals": {"interval_start": ["...Z", ...],
+        "meter_id": [...], "energy_wh": [...], ...}, "entries": [{...}, ...]}; times ISO 8601 UTC."""
+        cols = self.intervals
+        starts = np.datetime_as_string(cols["interval_start_s"].astype("datetime64[s]"), unit="s", timezone="UTC")
+        doc = {
+            "account_id": self.account_id,
+            "currency": self.currency,
+            "start": _iso(self.start),
+            "end": _iso(self.end),
+            "opening_balance_minor": self.opening_balance_minor,
+            "closing_balance_minor": self.closing_balance_minor,
+            "energy_wh": self.energy_wh,
+            "charges_micro": self.charges_micro,
+            "intervals": {
+                "interval_start": starts.tolist(),
+                **{
+                    k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                    for k, v in cols.items()
+                    if k != "interval_start_s"
+                },
+            },
+            "entries": [
+                {
+                    "id": e.id,
+                    "posted_at": _iso(e.posted_at),
+                    "kind": e.kind,
+                    "amount_minor": e.amount_minor,
+                    "balance_after_minor": e.balance_after_minor,
+                    "reference": e.reference,
+                    "meter_id": e.meter_id,
+                    "period_start": _iso(e.period_start),
+                    "period_end": _iso(e.period_end),
+                    "detail": e.detail,
+                }
+                for e in self.entries
+            ],
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 
 from prepaid import credit, ledger
@@ -27,6 +27,7 @@ from prepaid.models import (
     LedgerLine,
     ReversalResult,
     Statement,
+    StatementColumns,
     StatementLine,
     TariffVersionInfo,
     TopupResult,
@@ -56,6 +57,8 @@ __all__ = [
     "resolve_billing_hold",
     "reverse_topup",
     "statement",
+    "statement_columns",
+    "statement_json",
     "topup",
     "verify_ledger",
 ]
@@ -287,17 +290,51 @@ _LEDGER_COLS = (
 )
 
 
-# The rows travel as one bytea: per row nine big-endian int8 (int8send), concatenated in
-# order by string_agg; numpy reads it in one go (a year is 35,040 rows).
-_LINE_FIELDS = ("start_s", "meter", "energy", "label", "block", "rate", "amount", "balance", "entry")
-_LINE_DTYPE = np.dtype([(f, ">i8") for f in _LINE_FIELDS])
+# The rows travel as one bytea (fetched in binary): per row the binary send form of each
+# column, concatenated by string_agg; numpy reads it in one go (a year is 35,040 rows).
+# interval_start is timestamptz_send (µs since 2000-01-01); meter and label are codes.
+_LINE_DTYPE = np.dtype(
+    [
+        ("start_us", ">i8"),
+        ("energy", ">i8"),
+        ("rate", ">i8"),
+        ("amount", ">i8"),
+        ("balance", ">i8"),
+        ("entry", ">i8"),
+        ("block", ">i2"),
+        ("meter", ">i2"),
+        ("label", ">i2"),
+    ]
+)
+_COLUMNS = ("energy", "rate", "amount", "balance", "entry", "block", "meter", "label")
+_PG_EPOCH_S = 946_684_800  # 2000-01-01 in Unix seconds
 
 
-async def _statement_lines(
+def _codes(column: str, names: list[str]) -> sql.Composable:
+    """``case <column> when name1 then 1 ... else 0 end`` (cheaper per row than array_position)."""
+    if not names:
+        return sql.SQL("0")
+    whens = sql.SQL(" ").join(
+        sql.SQL("when {} then {}").format(sql.Literal(n), sql.Literal(i)) for i, n in enumerate(names, 1)
+    )
+    return sql.SQL("case {} {} else 0 end").format(sql.SQL(column), whens)
+
+
+async def _statement_rows(
     conn: AsyncConnection[Any], account_id: str, start: datetime, end: datetime
-) -> list[StatementLine]:
+) -> tuple[dict[str, np.ndarray[Any, Any]], list[str], list[str]]:
+    """The account's interval charges in [start, end) as int64 numpy columns (``start_s`` in
+    epoch seconds), ordered by (interval_start, meter, block), plus the meter and label
+    names the ``meter`` and ``label`` codes index (0 = "?").
+
+    One aggregate over an index-only scan (0202's covering index), fetched in binary; no
+    ORDER BY in the aggregate (its sort spilled to disk): numpy sorts. JIT is off for the
+    transaction: PostgreSQL's cost estimate used to cross jit_above_cost and compiling
+    took ~240 ms of a ~400 ms query.
+    """
+    await conn.execute("set local jit = off")
     cur = await conn.execute(
-        "select coalesce(array_agg(distinct meter_id), '{}') from ledger_entries"
+        "select coalesce(array_agg(distinct meter_id order by meter_id), '{}') from ledger_entries"
         " where account_id = %s and kind = 'consumption' and meter_id is not null",
         (account_id,),
     )
@@ -309,47 +346,34 @@ async def _statement_lines(
             labels += [x for x in compile_version(effective_from, definition).labels if x not in labels]
         except TariffError:
             continue
-    cur = await conn.execute(
-        "select coalesce(string_agg(int8send(extract(epoch from c.interval_start)::bigint)"
-        " || int8send(coalesce(array_position(%s::text[], c.meter_id), 0)::bigint) || int8send(c.energy_wh)"
-        " || int8send(coalesce(array_position(%s::text[], c.label), 0)::bigint) || int8send(c.block::bigint)"
-        " || int8send(c.rate_micro) || int8send(c.amount_micro)"
-        " || int8send(coalesce(c.balance_after_minor,"
-        "    (select l.balance_after_minor from ledger_entries l where l.id = c.ledger_entry_id)))"
-        " || int8send(c.ledger_entry_id), ''::bytea order by c.interval_start, c.meter_id, c.block), ''::bytea)"
+    query = sql.SQL(
+        "select coalesce(string_agg(timestamptz_send(c.interval_start) || int8send(c.energy_wh)"
+        " || int8send(c.rate_micro) || int8send(c.amount_micro) || int8send(c.balance_after_minor)"
+        " || int8send(c.ledger_entry_id) || int2send(c.block) || int2send(({})::smallint)"
+        " || int2send(({})::smallint), ''::bytea), ''::bytea)"
         " from interval_charges c"
-        " where c.account_id = %s and c.interval_start >= %s and c.interval_start < %s",
-        (meters, labels, account_id, start, end),
-    )
+        " where c.account_id = %s and c.interval_start >= %s and c.interval_start < %s"
+    ).format(_codes("c.meter_id", meters), _codes("c.label", labels))
+    cur = await conn.execute(query, (account_id, start, end), binary=True)
     buf = bytes((await cur.fetchone() or (b"",))[0])
-    rows = np.frombuffer(buf, _LINE_DTYPE)
-    meter_names = ["?", *meters]
-    label_names = ["?", *labels]
-    starts = [datetime.fromtimestamp(t, UTC) for t in rows["start_s"].tolist()]
-    return [
-        StatementLine(t, meter_names[m], e, label_names[lab], b, r, a, bal, le)
-        for t, m, e, lab, b, r, a, bal, le in zip(
-            starts,
-            rows["meter"].tolist(),
-            rows["energy"].tolist(),
-            rows["label"].tolist(),
-            rows["block"].tolist(),
-            rows["rate"].tolist(),
-            rows["amount"].tolist(),
-            rows["balance"].tolist(),
-            rows["entry"].tolist(),
-            strict=True,
-        )
-    ]
+    raw = np.frombuffer(buf, _LINE_DTYPE)
+    cols = {"start_s": raw["start_us"] // 1_000_000 + _PG_EPOCH_S}
+    for name in _COLUMNS:
+        cols[name] = raw[name].astype(np.int64)
+    # ORDER BY interval_start, meter_id, block (meter codes follow name order); the index
+    # order over time-ordered chunks usually is that already, so check before sorting
+    key = (cols["start_s"] << 24) | (cols["meter"] << 12) | cols["block"]
+    if key.size > 1 and not bool((key[1:] >= key[:-1]).all()):
+        order = np.argsort(key, kind="stable")
+        cols = {k: v[order] for k, v in cols.items()}
+    return cols, ["?", *meters], ["?", *labels]
 
 
-async def statement(conn: AsyncConnection[Any], account_id: str, start: datetime, end: datetime) -> Statement:
-    """Every interval charged in [start, end) with energy, band/block, rate, exact amount and
-    the balance after its posting, plus every ledger entry posted in [start, end)."""
-    if end <= start:
-        raise InvalidRequest("end must be after start")
+async def _statement_head(
+    conn: AsyncConnection[Any], account_id: str, start: datetime, end: datetime
+) -> tuple[str, int, int, list[LedgerLine]]:
+    """currency, opening and closing balance, ledger entries posted in [start, end)."""
     acc = await _account(conn, account_id)
-    lines = await _statement_lines(conn, account_id, start, end)
     cur = await conn.execute(
         f"select {_LEDGER_COLS} from ledger_entries where account_id = %s and posted_at >= %s and posted_at < %s"
         " order by id",
@@ -364,18 +388,91 @@ async def statement(conn: AsyncConnection[Any], account_id: str, start: datetime
     row = await cur.fetchone()
     opening = int(row[0]) if row else 0
     closing = entries[-1].balance_after_minor if entries else opening
+    return str(acc[1]), opening, closing, entries
+
+
+async def statement(conn: AsyncConnection[Any], account_id: str, start: datetime, end: datetime) -> Statement:
+    """Every interval charged in [start, end) with energy, band/block, rate, exact amount and
+    the balance after its posting, plus every ledger entry posted in [start, end).
+
+    For long ranges prefer ``statement_columns`` (same content as columns) or
+    ``statement_json`` (the columnar document as JSON bytes)."""
+    if end <= start:
+        raise InvalidRequest("end must be after start")
+    async with conn.transaction():
+        currency, opening, closing, entries = await _statement_head(conn, account_id, start, end)
+        rows, meter_names, label_names = await _statement_rows(conn, account_id, start, end)
+    starts = [datetime.fromtimestamp(t, UTC) for t in rows["start_s"].tolist()]
+    lines = [
+        StatementLine(t, meter_names[m], e, label_names[lab], b, r, a, bal, le)
+        for t, m, e, lab, b, r, a, bal, le in zip(
+            starts,
+            rows["meter"].tolist(),
+            rows["energy"].tolist(),
+            rows["label"].tolist(),
+            rows["block"].tolist(),
+            rows["rate"].tolist(),
+            rows["amount"].tolist(),
+            rows["balance"].tolist(),
+            rows["entry"].tolist(),
+            strict=True,
+        )
+    ]
     return Statement(
         account_id=account_id,
-        currency=acc[1],
+        currency=currency,
         start=start,
         end=end,
         opening_balance_minor=opening,
         closing_balance_minor=closing,
-        energy_wh=sum(x.energy_wh for x in lines),
-        charges_micro=sum(x.amount_micro for x in lines),
+        energy_wh=int(rows["energy"].sum()),
+        charges_micro=int(rows["amount"].sum()),
         intervals=lines,
         entries=entries,
     )
+
+
+async def statement_columns(
+    conn: AsyncConnection[Any], account_id: str, start: datetime, end: datetime
+) -> StatementColumns:
+    """``statement`` as columns: the same intervals and entries, no per-interval object
+    (a one-year statement of 35,040 intervals in tens of ms). Same errors as ``statement``."""
+    if end <= start:
+        raise InvalidRequest("end must be after start")
+    async with conn.transaction():
+        currency, opening, closing, entries = await _statement_head(conn, account_id, start, end)
+        rows, meter_names, label_names = await _statement_rows(conn, account_id, start, end)
+    names_m = np.array(meter_names, dtype=object)
+    names_l = np.array(label_names, dtype=object)
+    cols: dict[str, Any] = {
+        "interval_start_s": rows["start_s"],
+        "meter_id": names_m[rows["meter"]].tolist(),
+        "energy_wh": rows["energy"],
+        "label": names_l[rows["label"]].tolist(),
+        "block": rows["block"],
+        "rate_micro": rows["rate"],
+        "amount_micro": rows["amount"],
+        "balance_after_minor": rows["balance"],
+        "ledger_entry_id": rows["entry"],
+    }
+    return StatementColumns(
+        account_id=account_id,
+        currency=currency,
+        start=start,
+        end=end,
+        opening_balance_minor=opening,
+        closing_balance_minor=closing,
+        energy_wh=int(rows["energy"].sum()),
+        charges_micro=int(rows["amount"].sum()),
+        intervals=cols,
+        entries=entries,
+    )
+
+
+async def statement_json(conn: AsyncConnection[Any], account_id: str, start: datetime, end: datetime) -> bytes:
+    """``statement_columns(...).to_json()``: the columnar statement document as UTF-8 JSON,
+    for the api to send as is (``Response(content=..., media_type="application/json")``)."""
+    return (await statement_columns(conn, account_id, start, end)).to_json()
 
 
 async def ledger_page(

@@ -8,12 +8,13 @@ until 16 March 00:00 (UTC service point), 0.60 / 0.90 from then on. Interval 769
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 
 from prepaid.engine import VersionCache, bill_batch
-from prepaid.operations import statement, verify_ledger
+from prepaid.operations import statement, statement_columns, statement_json, verify_ledger
 from tests.integration.prepaid.conftest import enqueue, setup_account
 
 MARCH = datetime(2026, 3, 1, tzinfo=UTC)
@@ -70,6 +71,8 @@ async def test_month_gives_exactly_the_expected_ledger(db_url: str) -> None:
             assert result.deleted == len(rs) + (1 if day == 0 else 0)
         await conn.commit()
         st = await statement(conn, "A1", MARCH, MARCH + timedelta(days=31))
+        cols = await statement_columns(conn, "A1", MARCH, MARCH + timedelta(days=31))
+        doc = json.loads(await statement_json(conn, "A1", MARCH, MARCH + timedelta(days=31)))
         problems = await verify_ledger(conn)
 
     with psycopg.connect(db_url) as conn:
@@ -94,3 +97,44 @@ async def test_month_gives_exactly_the_expected_ledger(db_url: str) -> None:
     assert st.energy_wh == 31 * 96 * WH
     assert st.charges_micro == 29_947_200_000
     assert st.intervals[-1].balance_after_minor == 50_000 - 29947
+
+    # the columnar fast path carries exactly the same statement
+    c = cols.intervals
+    as_rows = list(
+        zip(
+            c["interval_start_s"].tolist(),
+            c["meter_id"],
+            c["energy_wh"].tolist(),
+            c["label"],
+            c["block"].tolist(),
+            c["rate_micro"].tolist(),
+            c["amount_micro"].tolist(),
+            c["balance_after_minor"].tolist(),
+            c["ledger_entry_id"].tolist(),
+            strict=True,
+        )
+    )
+    assert as_rows == [
+        (
+            int(x.interval_start.timestamp()),
+            x.meter_id,
+            x.energy_wh,
+            x.label,
+            x.block,
+            x.rate_micro,
+            x.amount_micro,
+            x.balance_after_minor,
+            x.ledger_entry_id,
+        )
+        for x in st.intervals
+    ]
+    assert (cols.energy_wh, cols.charges_micro, cols.entries) == (st.energy_wh, st.charges_micro, st.entries)
+    assert (cols.opening_balance_minor, cols.closing_balance_minor) == (
+        st.opening_balance_minor,
+        st.closing_balance_minor,
+    )
+    assert doc["intervals"]["interval_start"][:2] == ["2026-03-01T00:00:00Z", "2026-03-01T00:15:00Z"]
+    assert doc["intervals"]["amount_micro"] == c["amount_micro"].tolist()
+    assert doc["intervals"]["label"] == c["label"]
+    assert doc["closing_balance_minor"] == st.closing_balance_minor
+    assert len(doc["entries"]) == len(st.entries)
