@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from headend.registers import AdvanceKind, advance_wh, is_spike
+from headend.registers import AdvanceKind, advance_wh, is_spike, max_physical_wh
 from prepaid import money
 from prepaid.localtime import LocalCalendar
 from prepaid.pricing import I64, INTERVAL_S, Priced, TierState, allocate, price_many
@@ -102,6 +102,18 @@ class MeterBill:
         )
 
 
+_WH_PER_S: dict[tuple[float, float, int], float] = {}
+
+
+def _wh_per_s(spec: MeterSpec) -> float:
+    """The spike limit per second of the meter's supply (max_physical_wh is linear in time)."""
+    key = (spec.rated_current_a, spec.nominal_voltage_v, spec.phases)
+    got = _WH_PER_S.get(key)
+    if got is None:
+        got = _WH_PER_S[key] = max_physical_wh(*key, 3600.0) / 3600.0
+    return got
+
+
 def _split(energy: int, start: int, end: int, interval_s: int) -> tuple[list[int], list[int]]:
     """allocate() with a fast path for an advance inside one interval."""
     first = start - start % interval_s
@@ -129,6 +141,7 @@ def advance_meter(
     out_s: list[int] = []
     out_e: list[int] = []
     total_energy = 0
+    per_s = _wh_per_s(spec)
     for ts in sorted(by_ts):
         reg = by_ts[ts]
         if last_ts is not None and ts <= last_ts:
@@ -137,14 +150,17 @@ def advance_meter(
             last_ts, last_reg, rebaseline = ts, reg, None
             pend_start, pend_wh = None, 0  # energy across a reset is not billed
             continue
-        adv = advance_wh(last_reg, reg, spec.register_max_wh)
-        if adv.kind is AdvanceKind.DECREASE:
-            hold, hold_ts = "register_reset", ts
-            break
-        if is_spike(adv, spec.rated_current_a, spec.nominal_voltage_v, spec.phases, ts - last_ts):
-            hold, hold_ts = "energy_spike", ts
-            break
-        energy = round(adv.energy_wh)
+        if reg >= last_reg and (reg - last_reg) < 0.999 * per_s * max(ts - last_ts, 60):
+            energy = reg - last_reg  # fast path: a normal advance well inside the physical limit
+        else:  # the shared register rules decide (rollover, reset, spike), exactly as ingest does
+            adv = advance_wh(last_reg, reg, spec.register_max_wh)
+            if adv.kind is AdvanceKind.DECREASE:
+                hold, hold_ts = "register_reset", ts
+                break
+            if is_spike(adv, spec.rated_current_a, spec.nominal_voltage_v, spec.phases, ts - last_ts):
+                hold, hold_ts = "energy_spike", ts
+                break
+            energy = round(adv.energy_wh)
         starts, wh = _split(energy, last_ts, ts, interval_s)
         if pend_start is not None and pend_wh:
             # last_ts lies inside the pending interval, so it is the first one here

@@ -126,6 +126,22 @@ def _ts(seconds: int | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
+async def _states(conn: AsyncConnection[Any], meter_ids: list[str]) -> list[tuple[Any, ...]]:
+    cur = await conn.execute(
+        "select bs.meter_id, m.register_max_wh, m.rated_current_a::float8, m.nominal_voltage_v::float8, m.phases,"
+        " m.billing_hold, a.id, a.tariff_id, sp.timezone, sp.country, sp.subdivision,"
+        " floor(extract(epoch from bs.last_ts))::bigint, bs.last_register_wh,"
+        " floor(extract(epoch from bs.pending_start))::bigint, bs.pending_wh, bs.residual_micro,"
+        " bs.tier_period, bs.tier_used_wh, floor(extract(epoch from bs.rebaseline_at))::bigint"
+        " from billing_state bs join meters m on m.id = bs.meter_id"
+        " left join service_points sp on sp.id = m.service_point_id"
+        " left join accounts a on a.service_point_id = m.service_point_id and a.status = 'open'"
+        " where bs.meter_id = any(%s) order by bs.meter_id for update of bs",
+        (meter_ids,),
+    )
+    return [tuple(r) for r in await cur.fetchall()]
+
+
 async def bill_batch(
     conn: AsyncConnection[Any],
     *,
@@ -151,25 +167,17 @@ async def bill_batch(
         for qid, meter_id, ts, energy in claimed:
             by_meter.setdefault(meter_id, []).append((qid, ts, energy))
         meter_ids = sorted(by_meter)
-        await conn.execute(
-            "insert into billing_state (meter_id) select m.id from meters m where m.id = any(%s)"
-            " and not exists (select 1 from billing_state b where b.meter_id = m.id)"
-            " on conflict (meter_id) do nothing",
-            (meter_ids,),
-        )
-        cur = await conn.execute(
-            "select bs.meter_id, m.register_max_wh, m.rated_current_a::float8, m.nominal_voltage_v::float8, m.phases,"
-            " m.billing_hold, a.id, a.tariff_id, sp.timezone, sp.country, sp.subdivision,"
-            " floor(extract(epoch from bs.last_ts))::bigint, bs.last_register_wh,"
-            " floor(extract(epoch from bs.pending_start))::bigint, bs.pending_wh, bs.residual_micro,"
-            " bs.tier_period, bs.tier_used_wh, floor(extract(epoch from bs.rebaseline_at))::bigint"
-            " from billing_state bs join meters m on m.id = bs.meter_id"
-            " left join service_points sp on sp.id = m.service_point_id"
-            " left join accounts a on a.service_point_id = m.service_point_id and a.status = 'open'"
-            " where bs.meter_id = any(%s) order by bs.meter_id for update of bs",
-            (meter_ids,),
-        )
-        rows = await cur.fetchall()
+        # billing_state rows: read and lock them (meter-id order); create the missing ones
+        # (a meter's first reading) only when there are any, then read those too
+        rows = await _states(conn, meter_ids)
+        missing = sorted(set(meter_ids) - {r[0] for r in rows})
+        if missing:
+            await conn.execute(
+                "insert into billing_state (meter_id) select m.id from meters m where m.id = any(%s)"
+                " on conflict (meter_id) do nothing",
+                (missing,),
+            )
+            rows = sorted(rows + await _states(conn, missing), key=lambda r: str(r[0]))
         unknown = set(meter_ids) - {r[0] for r in rows}
         tariffs = await versions.load(conn, sorted({r[7] for r in rows if r[7]}))
 
