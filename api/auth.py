@@ -146,6 +146,15 @@ def requires_briefly(*roles: Role) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
+# The routes' caller parameters, one per group of roles (``who: Operators``).
+Readers = Annotated[Principal, Depends(requires(*READERS))]
+AccountReaders = Annotated[Principal, Depends(requires(*ACCOUNT_READERS))]
+Operators = Annotated[Principal, Depends(requires(*OPERATORS))]
+Approvers = Annotated[Principal, Depends(requires(*APPROVERS))]
+Admins = Annotated[Principal, Depends(requires(*ADMINS))]
+Integrators = Annotated[Principal, Depends(requires(*INTEGRATORS))]
+
+
 def ensure_account_visible(principal: Principal, account_id: str) -> None:
     """Customers see only their own accounts: anything else is 'not found', never the data."""
     if not principal.may_see_account(account_id):

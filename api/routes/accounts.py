@@ -6,12 +6,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime
 
 from api import store
-from api.auth import ACCOUNT_READERS, READERS, Principal, Role, ensure_account_visible, requires
+from api.auth import AccountReaders, Principal, Readers, Role, ensure_account_visible
 from api.deps import Conn, Now
 from api.errors import ProblemRoute, Unprocessable
 from api.results import plain
@@ -32,8 +32,6 @@ from prepaid import operations as prepaid
 from prepaid.models import AreaKpis, CreditFacts, DaysLeft, Statement
 
 router = APIRouter(route_class=ProblemRoute, tags=["accounts"])
-AccountReaders = Annotated[Principal, Depends(requires(*ACCOUNT_READERS))]
-Readers = Annotated[Principal, Depends(requires(*READERS))]
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
 After = Annotated[int | None, Query(ge=0, le=2**62, description="cursor: 'next' of the previous page")]
 

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from api import store
-from api.auth import ADMINS, APPROVERS, OPERATORS, READERS, Principal, Role, requires
+from api.auth import Admins, Approvers, Operators, Principal, Readers, Role, requires
 from api.deps import Conn, Now
 from api.errors import Conflict, NotFound, ProblemRoute, Unprocessable
 from api.idempotency import IdempotencyKey, post_once
@@ -35,11 +35,7 @@ from control import operations as control
 from control.policy import profile_names
 
 router = APIRouter(route_class=ProblemRoute)
-Readers = Annotated[Principal, Depends(requires(*READERS))]
-Operators = Annotated[Principal, Depends(requires(*OPERATORS))]
-Approvers = Annotated[Principal, Depends(requires(*APPROVERS))]
 Cancellers = Annotated[Principal, Depends(requires(Role.ADMIN, Role.OPERATOR, Role.APPROVER))]
-Admins = Annotated[Principal, Depends(requires(*ADMINS))]
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
 
 

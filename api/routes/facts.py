@@ -14,12 +14,12 @@ from fastapi.responses import JSONResponse
 
 from api import store
 from api.auth import (
-    ACCOUNT_READERS,
-    ADMINS,
-    INTEGRATORS,
-    OPERATORS,
-    READERS,
+    AccountReaders,
+    Admins,
+    Integrators,
+    Operators,
     Principal,
+    Readers,
     Role,
     ensure_account_visible,
     requires,
@@ -46,12 +46,7 @@ from prepaid import operations as prepaid
 from prepaid.models import InstallmentPlan
 
 router = APIRouter(route_class=ProblemRoute)
-Readers = Annotated[Principal, Depends(requires(*READERS))]
-AccountReaders = Annotated[Principal, Depends(requires(*ACCOUNT_READERS))]
-Operators = Annotated[Principal, Depends(requires(*OPERATORS))]
 Reviewers = Annotated[Principal, Depends(requires(Role.ADMIN, Role.OPERATOR, Role.APPROVER))]
-Admins = Annotated[Principal, Depends(requires(*ADMINS))]
-Integrators = Annotated[Principal, Depends(requires(*INTEGRATORS))]
 
 
 @router.post(

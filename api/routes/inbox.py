@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from api import store
-from api.auth import OPERATORS, READERS, Principal, requires, requires_briefly
+from api.auth import OPERATORS, Operators, Principal, Readers, requires_briefly
 from api.deps import Conn, Now
 from api.errors import ProblemRoute
 from api.replay import replay as replay_item
@@ -34,8 +34,6 @@ from api.settings import ApiSettings
 from ingest.dispatch import Prefixes
 
 router = APIRouter(route_class=ProblemRoute)
-Readers = Annotated[Principal, Depends(requires(*READERS))]
-Operators = Annotated[Principal, Depends(requires(*OPERATORS))]
 BriefOperators = Annotated[Principal, Depends(requires_briefly(*OPERATORS))]
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
 After = Annotated[int | None, Query(ge=0, le=2**62, description="cursor: 'next' of the previous page")]

@@ -4,12 +4,12 @@ equals the sum of its entries, running balances unbroken) and the audit hash cha
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel
 
-from api.auth import OPERATORS, Principal, requires
+from api.auth import Operators
 from api.deps import Conn
 from api.errors import ProblemRoute
 from control import operations as control
@@ -18,7 +18,6 @@ from prepaid import operations as prepaid
 from prepaid.ledger import Problem as LedgerProblem
 
 router = APIRouter(route_class=ProblemRoute, tags=["integrity"])
-Operators = Annotated[Principal, Depends(requires(*OPERATORS))]
 
 
 class LedgerCheck(BaseModel):

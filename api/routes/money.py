@@ -8,13 +8,13 @@ idempotency.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from api import store
-from api.auth import ADMINS, INTEGRATORS, READERS, Principal, requires
+from api.auth import Admins, Integrators, Readers
 from api.deps import Conn, Now
 from api.errors import ProblemRoute
 from api.idempotency import IdempotencyKey, post_once
@@ -24,9 +24,6 @@ from prepaid import operations as prepaid
 from prepaid.models import ReversalResult, TopupResult
 
 router = APIRouter(route_class=ProblemRoute)
-Integrators = Annotated[Principal, Depends(requires(*INTEGRATORS))]
-Readers = Annotated[Principal, Depends(requires(*READERS))]
-Admins = Annotated[Principal, Depends(requires(*ADMINS))]
 
 
 @router.post(

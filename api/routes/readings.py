@@ -10,11 +10,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import AwareDatetime
 
 from api import store
-from api.auth import READERS, Principal, requires
+from api.auth import Readers
 from api.deps import Conn, Now
 from api.errors import NotFound, ProblemRoute, Unprocessable
 from api.schemas import (
@@ -31,7 +31,6 @@ from api.schemas import (
 )
 
 router = APIRouter(route_class=ProblemRoute, tags=["readings"])
-Readers = Annotated[Principal, Depends(requires(*READERS))]
 Limit = Annotated[int, Query(ge=1, le=10000, description="page size")]
 Start = Annotated[AwareDatetime | None, Query(description="inclusive; default: end minus the default span")]
 End = Annotated[AwareDatetime | None, Query(description="exclusive; default: now")]
