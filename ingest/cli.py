@@ -15,9 +15,9 @@ from typing import Any
 
 import psycopg
 
+from headend.clock import clock_from_env
 from ingest.dispatch import Prefixes, decode_message
 from ingest.settings import IngestSettings
-from ingest.store import utc_now
 
 
 def register(subparsers: Any) -> None:
@@ -75,7 +75,7 @@ async def replay(
             rows = await cur.fetchall()
         prefixes = Prefixes(settings.mqtt_prefix, settings.mqtt_tasmota_prefix, settings.mqtt_shelly_prefix)
         items = [decode_message(r[1], bytes(r[2]), writer.directory, prefixes) for r in rows]
-        result = await writer.write(items, utc_now(), quarantine=False) if items else None
+        result = await writer.write(items, clock_from_env().now(), quarantine=False) if items else None
         rejected = dict(result.rejected) if result else {}
         outcomes: list[tuple[int, str]] = []
         for index, (qid, _, _) in enumerate(rows):

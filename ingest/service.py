@@ -22,6 +22,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from headend.clock import clock_from_env
 from ingest.decode import subscriptions
 from ingest.dispatch import Prefixes, decode_message
 from ingest.modbus import ModbusPoller, parse_shard
@@ -211,6 +212,7 @@ def make_writer(pool: AsyncConnectionPool[Any], settings: IngestSettings) -> Bat
 async def serve_mqtt(settings: IngestSettings | None = None) -> None:
     """The MQTT collector service (``headend run ingest-mqtt``)."""
     settings = settings or IngestSettings()
+    clock = clock_from_env()  # the clock every headend process shares (accelerated in demos)
     pool = make_pool(settings)
     await pool.open(wait=True, timeout=30)
     collector = MqttCollector(mqtt_options(settings))
@@ -224,6 +226,7 @@ async def serve_mqtt(settings: IngestSettings | None = None) -> None:
             batch_size=settings.ingest_batch_size,
             linger_s=settings.ingest_batch_linger_s,
             reread=settings.ingest_reread,
+            clock=clock.now,
         )
         collector.start()
 
@@ -231,7 +234,7 @@ async def serve_mqtt(settings: IngestSettings | None = None) -> None:
             await writer.refresh_directory(force=True)
 
         async def stale() -> None:
-            await sweep_stale(pool, utc_now(), settings.ingest_stale_factor)
+            await sweep_stale(pool, clock.now(), settings.ingest_stale_factor)
 
         async def health() -> None:
             logger.info("ingest-mqtt health: %s", collector.health.line())
@@ -249,6 +252,7 @@ async def serve_mqtt(settings: IngestSettings | None = None) -> None:
 async def serve_modbus(settings: IngestSettings | None = None) -> None:
     """The Modbus TCP poller service (``headend run ingest-modbus``)."""
     settings = settings or IngestSettings()
+    clock = clock_from_env()
     pool = make_pool(settings)
     await pool.open(wait=True, timeout=30)
     try:
@@ -266,6 +270,7 @@ async def serve_modbus(settings: IngestSettings | None = None) -> None:
             reload_s=settings.modbus_reload_s,
             shard=parse_shard(settings.modbus_shard),
             interval_override_s=settings.modbus_poll_interval_s,
+            clock=clock.now,
         )
         await poller.load()
         logger.info("polling %d Modbus meter(s)", len(poller.states))
