@@ -133,11 +133,12 @@ class MqttTransport:
             self._subscribe()
 
     def _subscribe(self) -> None:
-        result, mid = self._client.subscribe(
-            [(f"{self._prefix}/v1/meters/+/ack", 1), (f"{self._prefix}/v1/meters/+/state", 1)]
-        )
-        if result == mqtt.MQTT_ERR_SUCCESS and mid is not None:
-            with self._lock:
+        # Under the lock: the SUBACK (handled in paho's thread) must find its mid recorded.
+        with self._lock:
+            result, mid = self._client.subscribe(
+                [(f"{self._prefix}/v1/meters/+/ack", 1), (f"{self._prefix}/v1/meters/+/state", 1)]
+            )
+            if result == mqtt.MQTT_ERR_SUCCESS and mid is not None:
                 self._sub_mids.add(mid)
 
     def _connected(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:

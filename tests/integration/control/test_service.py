@@ -41,10 +41,10 @@ async def test_service_reconnects_on_credit_restored(
     started = asyncio.Event()
     task = asyncio.create_task(run(settings, Clock(), started), name="control-service")
     try:
-        await asyncio.wait_for(started.wait(), 20)
+        await asyncio.wait_for(started.wait(), 40)
         await asyncio.sleep(0.3)  # the first (startup) pass is done
         account_event(db_url, account, "credit_restored", datetime.now(UTC))
-        for _ in range(100):
+        for _ in range(300):  # generous: the machine is shared; this is not a timing test
             if rows(db_url, "select state from commands") == [("confirmed",)]:
                 break
             await asyncio.sleep(0.1)
@@ -52,7 +52,7 @@ async def test_service_reconnects_on_credit_restored(
         assert meter.relay == "armed"
         # The customer presses the button: the state report reaches meters.relay_state.
         meter.press_button()
-        for _ in range(50):
+        for _ in range(300):
             if rows(db_url, "select relay_state from meters") == [("connected",)]:
                 break
             await asyncio.sleep(0.1)
@@ -100,7 +100,7 @@ async def test_service_killed_while_waiting_for_ack_then_restarted(
     first = asyncio.create_task(run(settings("first"), Clock()), name="control-first")
     try:
         account_event(db_url, account, "credit_restored", datetime.now(UTC))
-        await _wait(lambda: [c["action"] for c in meter.received] == ["arm"], 15)
+        await _wait(lambda: [c["action"] for c in meter.received] == ["arm"], 40)
         assert rows(db_url, "select state from commands") == [("sent",)]
     finally:
         first.cancel()
@@ -110,7 +110,7 @@ async def test_service_killed_while_waiting_for_ack_then_restarted(
     meter.mode = "normal"
     second = asyncio.create_task(run(settings("second"), Clock()), name="control-second")
     try:
-        await _wait(lambda: rows(db_url, "select state from commands") == [("confirmed",)], 20)
+        await _wait(lambda: rows(db_url, "select state from commands") == [("confirmed",)], 40)
     finally:
         second.cancel()
         with contextlib.suppress(asyncio.CancelledError):
