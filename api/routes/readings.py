@@ -35,6 +35,7 @@ Limit = Annotated[int, Query(ge=1, le=10000, description="page size")]
 Start = Annotated[AwareDatetime | None, Query(description="inclusive; default: end minus the default span")]
 End = Annotated[AwareDatetime | None, Query(description="exclusive; default: now")]
 Obis = Annotated[str, Query(pattern=OBIS_PATTERN, description="OBIS code")]
+Zone = Annotated[TimeZone, Query(description="IANA zone for bucket boundaries")]
 MAX_BUCKETS = 10_000
 DEFAULT_SPAN = {
     Bucket.m15: timedelta(days=1),
@@ -66,13 +67,18 @@ def _range(start: datetime | None, end: datetime | None, now: datetime, span: ti
     return start, end
 
 
-def _check_buckets(start: datetime, end: datetime, bucket: Bucket) -> None:
+def _bucket_range(
+    start: datetime | None, end: datetime | None, now: datetime, bucket: Bucket
+) -> tuple[datetime, datetime]:
+    """The range of an aggregate: the bucket's default span, at most MAX_BUCKETS buckets."""
+    start, end = _range(start, end, now, DEFAULT_SPAN[bucket])
     if (end - start) / APPROX_WIDTH[bucket] > MAX_BUCKETS:
         raise Unprocessable(
             f"the range holds more than {MAX_BUCKETS} {bucket.value} buckets; narrow it or use a wider bucket",
             code="validation",
             errors=[{"field": "query.start", "message": f"range too long for bucket {bucket.value}"}],
         )
+    return start, end
 
 
 def _cursor(value: str | None) -> tuple[datetime, str] | None:
@@ -125,13 +131,12 @@ async def meter_aggregate(
     _: Readers,
     bucket: Bucket = Bucket.hour,
     obis: Obis = "1-0:1.8.0",
-    tz: Annotated[TimeZone, Query(description="IANA zone for bucket boundaries")] = "UTC",
+    tz: Zone = "UTC",
     start: Start = None,
     end: End = None,
 ) -> Any:
     await store.get_meter(conn, meter_id)
-    s, e = _range(start, end, now, DEFAULT_SPAN[bucket])
-    _check_buckets(s, e, bucket)
+    s, e = _bucket_range(start, end, now, bucket)
     rows = await store.aggregate_meter(
         conn, meter_id=meter_id, obis=obis, interval=BUCKET_INTERVAL[bucket], timezone=tz, start=s, end=e
     )
@@ -150,14 +155,13 @@ async def area_aggregate(
     _: Readers,
     bucket: Bucket = Bucket.day,
     obis: Obis = "1-0:1.8.0",
-    tz: Annotated[TimeZone, Query(description="IANA zone for bucket boundaries")] = "UTC",
+    tz: Zone = "UTC",
     start: Start = None,
     end: End = None,
 ) -> Any:
     if not await store.area_exists(conn, area):
         raise NotFound(f"area {area} not found")
-    s, e = _range(start, end, now, DEFAULT_SPAN[bucket])
-    _check_buckets(s, e, bucket)
+    s, e = _bucket_range(start, end, now, bucket)
     rows = await store.aggregate_area(
         conn, area=area, obis=obis, interval=BUCKET_INTERVAL[bucket], timezone=tz, start=s, end=e
     )
