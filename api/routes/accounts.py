@@ -3,7 +3,8 @@ account events and notices. Customers see only their own accounts (others: 404).
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -39,6 +40,21 @@ After = Annotated[int | None, Query(ge=0, le=2**62, description="cursor: 'next' 
 async def _visible(conn: Conn, who: Principal, account_id: str) -> dict[str, Any]:
     ensure_account_visible(who, account_id)
     return await store.get_account(conn, account_id)
+
+
+def _period(
+    start: datetime | None, end: datetime | None, now: datetime, default_start: Callable[[datetime], datetime]
+) -> tuple[datetime, datetime]:
+    """[start, end): end defaults to now, start to ``default_start(end)``; start must come first."""
+    e = end or now
+    s = start or default_start(e)
+    if s >= e:
+        raise Unprocessable(
+            "start must be before end",
+            code="validation",
+            errors=[{"field": "query.start", "message": "must be before end"}],
+        )
+    return s, e
 
 
 @router.get("/accounts", response_model=Page[AccountOut], summary="List accounts (customers: their own)")
@@ -87,14 +103,7 @@ async def statement(
     end: Annotated[AwareDatetime | None, Query(description="exclusive; default now")] = None,
 ) -> Statement:
     await _visible(conn, who, account_id)
-    e = end or now
-    s = start or (e - timedelta(days=30))
-    if s >= e:
-        raise Unprocessable(
-            "start must be before end",
-            code="validation",
-            errors=[{"field": "query.start", "message": "must be before end"}],
-        )
+    s, e = _period(start, end, now, lambda e: e - timedelta(days=30))
     return await prepaid.statement(conn, account_id, s, e)
 
 
@@ -154,13 +163,6 @@ async def kpis(
     end: Annotated[AwareDatetime | None, Query(description="exclusive; default now")] = None,
     area: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
 ) -> Any:
-    e = end or now
-    s = start or e.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
-    if s >= e:
-        raise Unprocessable(
-            "start must be before end",
-            code="validation",
-            errors=[{"field": "query.start", "message": "must be before end"}],
-        )
+    s, e = _period(start, end, now, lambda e: e.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0))
     result: list[AreaKpis] = await prepaid.kpis(conn, start=s, end=e, area=area)
     return {"start": s, "end": e, "area": area, "areas": result}
