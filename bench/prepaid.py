@@ -66,7 +66,7 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def setup(url: str, meters: int) -> None:
+def setup(url: str, meters: int, balance: int = 0) -> None:
     import json
 
     with psycopg.connect(url, autocommit=True) as conn:
@@ -85,8 +85,8 @@ def setup(url: str, meters: int) -> None:
         )
         conn.execute(
             "insert into accounts (id, service_point_id, tariff_id, balance_minor)"
-            " select 'A' || g, 'SP' || g, 'T', 0 from generate_series(1, %s) g",
-            (meters,),
+            " select 'A' || g, 'SP' || g, 'T', %s from generate_series(1, %s) g",
+            (balance, meters),
         )
 
 
@@ -194,7 +194,11 @@ async def paced(url: str, meters: int, rate: int, seconds: float) -> dict[str, f
     stop.set()
     await eng
     latencies = [done_at[q] - c for q, c in commits.items() if q in done_at]
+    by_commit = [done_at[q] - c for q, c in sorted(commits.items(), key=lambda kv: kv[1]) if q in done_at]
+    third = max(1, len(by_commit) // 3)
     return {
+        "p50_first_third_ms": pct(by_commit[:third], 0.5) * 1000,
+        "p50_last_third_ms": pct(by_commit[-third:], 0.5) * 1000,
         "offered_per_s": sent / elapsed,
         "billed": len(latencies),
         "p50_ms": pct(latencies, 0.50) * 1000,
@@ -299,6 +303,12 @@ async def main() -> None:
     ap.add_argument("--saturation-rounds", type=int, default=15)
     ap.add_argument("--workers", type=int, default=2, help="billing tasks (HEADEND_PREPAID_WORKERS)")
     ap.add_argument("--batch", type=int, default=2000, help="rows per transaction (HEADEND_PREPAID_BATCH_SIZE)")
+    ap.add_argument(
+        "--balance",
+        type=int,
+        default=0,
+        help="opening balance (fen) of every account; 0 = all 2,000 go into emergency credit at once in the run",
+    )
     args = ap.parse_args()
     global WORKERS, BATCH
     WORKERS, BATCH = args.workers, args.batch
@@ -307,12 +317,13 @@ async def main() -> None:
     url = db.create_database(BASE, name)
     try:
         db.migrate(url)
-        setup(url, args.meters)
+        setup(url, args.meters, args.balance)
         p = await paced(url, args.meters, args.rate, args.seconds)
         print(
             f"paced  {p['offered_per_s']:.0f} readings/s offered, {p['billed']:.0f} billed: commit->debit "
             f"p50 {p['p50_ms']:.0f} ms, p99 {p['p99_ms']:.0f} ms, max {p['max_ms']:.0f} ms "
-            f"(mean batch {p['mean_batch']:.0f} rows)"
+            f"(mean batch {p['mean_batch']:.0f} rows; p50 of the first / last third of the run "
+            f"{p['p50_first_third_ms']:.0f} / {p['p50_last_third_ms']:.0f} ms)"
         )
         s = await saturation(url, args.meters, int(p["rounds"]) + 1, args.saturation_rounds)
         print(

@@ -29,6 +29,7 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 from prepaid import billing, store
+from prepaid.credit import CreditPolicy
 from prepaid.errors import TariffError
 from prepaid.posting import Posting, calendar_for, post_entries
 from prepaid.pricing import INTERVAL_S, Priced, TierState
@@ -55,7 +56,14 @@ class VersionCache:
             " where tariff_id = any(%s) order by tariff_id, effective_from",
             (tariff_ids,),
         )
-        for tariff_id, effective_from, definition in await cur.fetchall():
+        return self.from_rows(await cur.fetchall(), tariff_ids)
+
+    def from_rows(self, rows: list[tuple[Any, ...]], tariff_ids: list[str]) -> dict[str, list[Version]]:
+        """The versions of ``tariff_ids`` from tariff_versions rows ordered by (tariff, effective_from)."""
+        out: dict[str, list[Version]] = {t: [] for t in tariff_ids}
+        for tariff_id, effective_from, definition in rows:
+            if tariff_id not in out:
+                continue
             key = (tariff_id, effective_from)
             if key not in self._compiled:
                 self._compiled[key] = compile_version(effective_from, definition)
@@ -126,19 +134,21 @@ def _ts(seconds: int | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
+_STATES_SQL = (
+    "select bs.meter_id, m.register_max_wh, m.rated_current_a::float8, m.nominal_voltage_v::float8, m.phases,"
+    " m.billing_hold, a.id, a.tariff_id, sp.timezone, sp.country, sp.subdivision,"
+    " floor(extract(epoch from bs.last_ts))::bigint, bs.last_register_wh,"
+    " floor(extract(epoch from bs.pending_start))::bigint, bs.pending_wh, bs.residual_micro,"
+    " bs.tier_period, bs.tier_used_wh, floor(extract(epoch from bs.rebaseline_at))::bigint"
+    " from billing_state bs join meters m on m.id = bs.meter_id"
+    " left join service_points sp on sp.id = m.service_point_id"
+    " left join accounts a on a.service_point_id = m.service_point_id and a.status = 'open'"
+    " where bs.meter_id = any(%s) order by bs.meter_id for update of bs"
+)
+
+
 async def _states(conn: AsyncConnection[Any], meter_ids: list[str]) -> list[tuple[Any, ...]]:
-    cur = await conn.execute(
-        "select bs.meter_id, m.register_max_wh, m.rated_current_a::float8, m.nominal_voltage_v::float8, m.phases,"
-        " m.billing_hold, a.id, a.tariff_id, sp.timezone, sp.country, sp.subdivision,"
-        " floor(extract(epoch from bs.last_ts))::bigint, bs.last_register_wh,"
-        " floor(extract(epoch from bs.pending_start))::bigint, bs.pending_wh, bs.residual_micro,"
-        " bs.tier_period, bs.tier_used_wh, floor(extract(epoch from bs.rebaseline_at))::bigint"
-        " from billing_state bs join meters m on m.id = bs.meter_id"
-        " left join service_points sp on sp.id = m.service_point_id"
-        " left join accounts a on a.service_point_id = m.service_point_id and a.status = 'open'"
-        " where bs.meter_id = any(%s) order by bs.meter_id for update of bs",
-        (meter_ids,),
-    )
+    cur = await conn.execute(_STATES_SQL, (meter_ids,))
     return [tuple(r) for r in await cur.fetchall()]
 
 
@@ -169,7 +179,16 @@ async def bill_batch(
         meter_ids = sorted(by_meter)
         # billing_state rows: read and lock them (meter-id order); create the missing ones
         # (a meter's first reading) only when there are any, then read those too
-        rows = await _states(conn, meter_ids)
+        # one round trip (pipeline): the meters' states, every tariff version, the credit policies
+        async with conn.pipeline():
+            c_states = await conn.execute(_STATES_SQL, (meter_ids,))
+            c_versions = await conn.execute(
+                "select tariff_id, effective_from, definition from tariff_versions order by tariff_id, effective_from"
+            )
+            c_policies = await conn.execute("select name, definition from prepaid_policies")
+        rows = [tuple(r) for r in await c_states.fetchall()]
+        version_rows = await c_versions.fetchall()
+        policies = {name: CreditPolicy.model_validate(d) for name, d in await c_policies.fetchall()}
         missing = sorted(set(meter_ids) - {r[0] for r in rows})
         if missing:
             await conn.execute(
@@ -179,7 +198,7 @@ async def bill_batch(
             )
             rows = sorted(rows + await _states(conn, missing), key=lambda r: str(r[0]))
         unknown = set(meter_ids) - {r[0] for r in rows}
-        tariffs = await versions.load(conn, sorted({r[7] for r in rows if r[7]}))
+        tariffs = versions.from_rows(version_rows, sorted({r[7] for r in rows if r[7]}))
 
         # rows of a meter that does not exist go to quarantine (with reason), not silently away
         delete_ids: list[int] = [qid for m in unknown for qid, _, _ in by_meter[m]]
@@ -243,6 +262,7 @@ async def bill_batch(
                 delete_ids += [qid for qid, ts, _ in by_meter[item.meter_id] if cutoff is None or ts < cutoff]
                 bills.append((item.meter_id, item.account_id, bill))
 
+        writes: list[tuple[str, Any]] = []  # executed together at the end
         postings: list[Posting] = []
         posting_of: list[int] = []
         for i, (meter_id, account_id, bill) in enumerate(bills):
@@ -261,7 +281,7 @@ async def bill_batch(
             )
             posting_of.append(i)
         if postings:
-            posted = await post_entries(conn, postings, now)
+            posted = await post_entries(conn, postings, now, policies=policies)
             result.event_ids = posted.event_ids
             # the charge rows are taken straight from each group's arrays: per group, every
             # row gets its meter's ledger entry (or -1 when the meter posted nothing)
@@ -294,76 +314,85 @@ async def bill_batch(
             result.intervals = len(cols[0])
             result.debit_minor = sum(bills[i][2].debit_minor for i in posting_of)
             charges = cols
-            await conn.execute(
-                "insert into interval_charges (meter_id, account_id, interval_start, block, label, energy_wh,"
-                " rate_micro, amount_micro, tariff_from, ledger_entry_id, balance_after_minor)"
-                " select u.m, u.a, to_timestamp(u.s), u.b, u.l, u.e, u.r, u.amt, to_timestamp(u.f), u.le, u.ba"
-                " from unnest(%s::text[], %s::text[], %s::float8[], %s::smallint[], %s::text[], %s::bigint[],"
-                " %s::bigint[], %s::bigint[], %s::float8[], %s::bigint[], %s::bigint[])"
-                " u(m, a, s, b, l, e, r, amt, f, le, ba)",
-                [
-                    store.texts(charges[0]),
-                    store.texts(charges[1]),
-                    store.ints(charges[2]),
-                    store.ints(charges[3]),
-                    store.texts(charges[4]),
-                    store.ints(charges[5]),
-                    store.ints(charges[6]),
-                    store.ints(charges[7]),
-                    store.ints(charges[8]),
-                    store.ints(charges[9]),
-                    store.ints(charges[10]),
-                ],
+            writes.append(
+                (
+                    "insert into interval_charges (meter_id, account_id, interval_start, block, label, energy_wh,"
+                    " rate_micro, amount_micro, tariff_from, ledger_entry_id, balance_after_minor)"
+                    " select u.m, u.a, to_timestamp(u.s), u.b, u.l, u.e, u.r, u.amt, to_timestamp(u.f), u.le, u.ba"
+                    " from unnest(%s::text[], %s::text[], %s::float8[], %s::smallint[], %s::text[], %s::bigint[],"
+                    " %s::bigint[], %s::bigint[], %s::float8[], %s::bigint[], %s::bigint[])"
+                    " u(m, a, s, b, l, e, r, amt, f, le, ba)",
+                    [
+                        store.texts(charges[0]),
+                        store.texts(charges[1]),
+                        store.ints(charges[2]),
+                        store.ints(charges[3]),
+                        store.texts(charges[4]),
+                        store.ints(charges[5]),
+                        store.ints(charges[6]),
+                        store.ints(charges[7]),
+                        store.ints(charges[8]),
+                        store.ints(charges[9]),
+                        store.ints(charges[10]),
+                    ],
+                )
             )
         if bills:
             st = [b.state for _, _, b in bills]
-            await conn.execute(
-                "update billing_state bs set last_ts = to_timestamp(u.lt), last_register_wh = u.lr,"
-                " pending_start = to_timestamp(u.ps), pending_wh = u.pw, residual_micro = u.rm,"
-                " tier_period = u.tp, tier_used_wh = u.tu, rebaseline_at = to_timestamp(u.rb), updated_at = %s"
-                " from unnest(%s::text[], %s::float8[], %s::bigint[], %s::float8[], %s::bigint[],"
-                " %s::bigint[], %s::integer[], %s::bigint[], %s::float8[]) u(m, lt, lr, ps, pw, rm, tp, tu, rb)"
-                " where bs.meter_id = u.m",
+            writes.append(
                 (
-                    now,
-                    store.texts(m for m, _, _ in bills),
-                    store.ints(s.last_ts_s for s in st),
-                    store.ints(s.last_register_wh for s in st),
-                    store.ints(s.pending_start_s for s in st),
-                    store.ints(s.pending_wh for s in st),
-                    store.ints(s.residual_micro for s in st),
-                    store.ints(s.tier.period for s in st),
-                    store.ints(s.tier.used_wh for s in st),
-                    store.ints(s.rebaseline_at_s for s in st),
-                ),
+                    "update billing_state bs set last_ts = to_timestamp(u.lt), last_register_wh = u.lr,"
+                    " pending_start = to_timestamp(u.ps), pending_wh = u.pw, residual_micro = u.rm,"
+                    " tier_period = u.tp, tier_used_wh = u.tu, rebaseline_at = to_timestamp(u.rb), updated_at = %s"
+                    " from unnest(%s::text[], %s::float8[], %s::bigint[], %s::float8[], %s::bigint[],"
+                    " %s::bigint[], %s::integer[], %s::bigint[], %s::float8[]) u(m, lt, lr, ps, pw, rm, tp, tu, rb)"
+                    " where bs.meter_id = u.m",
+                    (
+                        now,
+                        store.texts(m for m, _, _ in bills),
+                        store.ints(s.last_ts_s for s in st),
+                        store.ints(s.last_register_wh for s in st),
+                        store.ints(s.pending_start_s for s in st),
+                        store.ints(s.pending_wh for s in st),
+                        store.ints(s.residual_micro for s in st),
+                        store.ints(s.tier.period for s in st),
+                        store.ints(s.tier.used_wh for s in st),
+                        store.ints(s.rebaseline_at_s for s in st),
+                    ),
+                )
             )
         if result.holds:
-            await _hold(conn, result.holds, {m: b.hold_ts_s for m, _, b in bills}, now)
+            writes += _hold(result.holds, {m: b.hold_ts_s for m, _, b in bills}, now)
         if delete_ids:
-            cur = await conn.execute("delete from billing_queue where id = any(%s)", (delete_ids,))
-            result.deleted = cur.rowcount
+            writes.append(("delete from billing_queue where id = any(%s)", (delete_ids,)))
+        # the batch's writes go in one round trip (pipeline); errors surface at its end
+        async with conn.pipeline():
+            curs = [await conn.execute(q, params) for q, params in writes]
+        if delete_ids:
+            result.deleted = curs[-1].rowcount
         result.meters = len(bills)
     return result
 
 
-async def _hold(
-    conn: AsyncConnection[Any], holds: dict[str, str], hold_ts: dict[str, int | None], now: datetime
-) -> None:
+def _hold(holds: dict[str, str], hold_ts: dict[str, int | None], now: datetime) -> list[tuple[str, Any]]:
+    """The statements that set the holds and record them as meter events."""
     for meter_id, reason in holds.items():
         logger.warning("billing held for meter %s: %s", meter_id, reason)
-    await conn.execute(
-        "update meters m set billing_hold = u.r from unnest(%b::text[], %b::text[]) u(id, r)"
-        " where m.id = u.id and m.billing_hold is null",
-        (list(holds), list(holds.values())),
-    )
-    await conn.execute(
-        "insert into meter_events (meter_id, ts, kind, detail, source)"
-        " select u.id, u.ts, u.r, %s, 'prepaid' from unnest(%b::text[], %b::timestamptz[], %b::text[]) u(id, ts, r)"
-        " on conflict do nothing",
+    return [
         (
-            Jsonb({"detected_by": "prepaid billing"}),
-            list(holds),
-            [_ts(hold_ts.get(m)) or now for m in holds],
-            list(holds.values()),
+            "update meters m set billing_hold = u.r from unnest(%b::text[], %b::text[]) u(id, r)"
+            " where m.id = u.id and m.billing_hold is null",
+            (list(holds), list(holds.values())),
         ),
-    )
+        (
+            "insert into meter_events (meter_id, ts, kind, detail, source)"
+            " select u.id, u.ts, u.r, %s, 'prepaid' from unnest(%b::text[], %b::timestamptz[], %b::text[]) u(id, ts, r)"
+            " on conflict do nothing",
+            (
+                Jsonb({"detected_by": "prepaid billing"}),
+                list(holds),
+                [_ts(hold_ts.get(m)) or now for m in holds],
+                list(holds.values()),
+            ),
+        ),
+    ]

@@ -163,31 +163,33 @@ async def post_entries(
         new_ids = [int(r[0]) for r in await cur.fetchall()]
         for (i, _, _), eid in zip(rows, new_ids, strict=True):
             entry_ids[i] = eid
-        await conn.execute(
-            "insert into ledger_entries (id, account_id, posted_at, kind, amount_minor, balance_after_minor,"
-            " reference, meter_id, period_start, period_end, detail)"
-            " select u.id, u.a, %s, u.k, u.amt, u.bal, u.ref, u.m, to_timestamp(u.ps), to_timestamp(u.pe), u.d::jsonb"
-            " from unnest(%s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[],"
-            " %s::text[], %s::float8[], %s::float8[], %s::text[]) u(id, a, k, amt, bal, ref, m, ps, pe, d)",
-            (
-                now,
-                store.ints(new_ids),
-                store.texts(p.account_id for _, p, _ in rows),
-                store.texts(p.kind for _, p, _ in rows),
-                store.ints(p.amount_minor for _, p, _ in rows),
-                store.ints(bal for _, _, bal in rows),
-                store.texts(p.reference for _, p, _ in rows),
-                store.texts(p.meter_id for _, p, _ in rows),
-                store.floats(p.period_start.timestamp() if p.period_start else None for _, p, _ in rows),
-                store.floats(p.period_end.timestamp() if p.period_end else None for _, p, _ in rows),
-                store.texts(json.dumps(p.detail) if p.detail else "{}" for _, p, _ in rows),
-            ),
-        )
-        await conn.execute(
-            "update accounts a set balance_minor = u.b from unnest(%s::text[], %s::bigint[]) u(id, b)"
-            " where a.id = u.id",
-            (store.texts(balances), store.ints(b[1] for b in balances.values())),
-        )
+        async with conn.pipeline():  # the entries and the balances: one round trip
+            await conn.execute(
+                "insert into ledger_entries (id, account_id, posted_at, kind, amount_minor, balance_after_minor,"
+                " reference, meter_id, period_start, period_end, detail)"
+                " select u.id, u.a, %s, u.k, u.amt, u.bal, u.ref, u.m, to_timestamp(u.ps), to_timestamp(u.pe),"
+                " u.d::jsonb"
+                " from unnest(%s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[],"
+                " %s::text[], %s::float8[], %s::float8[], %s::text[]) u(id, a, k, amt, bal, ref, m, ps, pe, d)",
+                (
+                    now,
+                    store.ints(new_ids),
+                    store.texts(p.account_id for _, p, _ in rows),
+                    store.texts(p.kind for _, p, _ in rows),
+                    store.ints(p.amount_minor for _, p, _ in rows),
+                    store.ints(bal for _, _, bal in rows),
+                    store.texts(p.reference for _, p, _ in rows),
+                    store.texts(p.meter_id for _, p, _ in rows),
+                    store.floats(p.period_start.timestamp() if p.period_start else None for _, p, _ in rows),
+                    store.floats(p.period_end.timestamp() if p.period_end else None for _, p, _ in rows),
+                    store.texts(json.dumps(p.detail) if p.detail else "{}" for _, p, _ in rows),
+                ),
+            )
+            await conn.execute(
+                "update accounts a set balance_minor = u.b from unnest(%s::text[], %s::bigint[]) u(id, b)"
+                " where a.id = u.id",
+                (store.texts(balances), store.ints(b[1] for b in balances.values())),
+            )
 
     # credit rules, once per account
     last_entry: dict[str, int] = {}
