@@ -6,13 +6,15 @@ Money is integer minor units (``*_minor``), energy Wh, timestamps RFC 3339 with 
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
+from api.errors import Unprocessable
 from prepaid.models import AreaKpis, CreditFacts, DaysLeft
 
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
@@ -45,6 +47,28 @@ class Page(BaseModel, Generic[T]):
 
     items: list[T]
     next: str | None = Field(None, description="cursor of the next page, null on the last page")
+
+
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+
+
+def period(
+    start: datetime | None, end: datetime | None, now: datetime, default_start: Callable[[datetime], datetime]
+) -> tuple[datetime, datetime]:
+    """A query's half-open range [start, end): end defaults to now, start to ``default_start(end)``
+    (EARLIEST where that would fall before year 1); start must come before end (422)."""
+    end = end or now
+    try:
+        start = start or default_start(end)
+    except OverflowError:
+        start = EARLIEST
+    if start >= end:
+        raise Unprocessable(
+            "start must be before end",
+            code="validation",
+            errors=[{"field": "query.start", "message": "must be before end"}],
+        )
+    return start, end
 
 
 def page(rows: list[dict[str, Any]], limit: int, key: str = "id") -> dict[str, Any]:

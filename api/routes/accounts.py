@@ -3,8 +3,7 @@ account events and notices. Customers see only their own accounts (others: 404).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -14,7 +13,7 @@ from pydantic import AwareDatetime
 from api import store
 from api.auth import AccountReaders, Principal, Readers, Role, ensure_account_visible
 from api.deps import Conn, Now
-from api.errors import ProblemRoute, Unprocessable
+from api.errors import ProblemRoute
 from api.results import plain
 from api.schemas import (
     ID_PATTERN,
@@ -27,6 +26,7 @@ from api.schemas import (
     NoticeOut,
     Page,
     page,
+    period,
 )
 from control import operations as control
 from prepaid import operations as prepaid
@@ -40,21 +40,6 @@ After = Annotated[int | None, Query(ge=0, le=2**62, description="cursor: 'next' 
 async def _visible(conn: Conn, who: Principal, account_id: str) -> dict[str, Any]:
     ensure_account_visible(who, account_id)
     return await store.get_account(conn, account_id)
-
-
-def _period(
-    start: datetime | None, end: datetime | None, now: datetime, default_start: Callable[[datetime], datetime]
-) -> tuple[datetime, datetime]:
-    """[start, end): end defaults to now, start to ``default_start(end)``; start must come first."""
-    e = end or now
-    s = start or default_start(e)
-    if s >= e:
-        raise Unprocessable(
-            "start must be before end",
-            code="validation",
-            errors=[{"field": "query.start", "message": "must be before end"}],
-        )
-    return s, e
 
 
 @router.get("/accounts", response_model=Page[AccountOut], summary="List accounts (customers: their own)")
@@ -103,7 +88,7 @@ async def statement(
     end: Annotated[AwareDatetime | None, Query(description="exclusive; default now")] = None,
 ) -> Statement:
     await _visible(conn, who, account_id)
-    s, e = _period(start, end, now, lambda e: e - timedelta(days=30))
+    s, e = period(start, end, now, lambda e: e - timedelta(days=30))
     return await prepaid.statement(conn, account_id, s, e)
 
 
@@ -163,6 +148,6 @@ async def kpis(
     end: Annotated[AwareDatetime | None, Query(description="exclusive; default now")] = None,
     area: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
 ) -> Any:
-    s, e = _period(start, end, now, lambda e: e.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0))
+    s, e = period(start, end, now, lambda e: e.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0))
     result: list[AreaKpis] = await prepaid.kpis(conn, start=s, end=e, area=area)
     return {"start": s, "end": e, "area": area, "areas": result}

@@ -28,6 +28,7 @@ from api.schemas import (
     Page,
     ReadingOut,
     TimeZone,
+    period,
 )
 
 router = APIRouter(route_class=ProblemRoute, tags=["readings"])
@@ -49,29 +50,13 @@ APPROX_WIDTH = {
     Bucket.day: timedelta(days=1),
     Bucket.month: timedelta(days=28),
 }
-EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
-
-
-def _range(start: datetime | None, end: datetime | None, now: datetime, span: timedelta) -> tuple[datetime, datetime]:
-    end = end or now
-    try:
-        start = start or end - span
-    except OverflowError:
-        start = EARLIEST
-    if start >= end:
-        raise Unprocessable(
-            "start must be before end",
-            code="validation",
-            errors=[{"field": "query.start", "message": "must be before end"}],
-        )
-    return start, end
 
 
 def _bucket_range(
     start: datetime | None, end: datetime | None, now: datetime, bucket: Bucket
 ) -> tuple[datetime, datetime]:
     """The range of an aggregate: the bucket's default span, at most MAX_BUCKETS buckets."""
-    start, end = _range(start, end, now, DEFAULT_SPAN[bucket])
+    start, end = period(start, end, now, lambda e: e - DEFAULT_SPAN[bucket])
     if (end - start) / APPROX_WIDTH[bucket] > MAX_BUCKETS:
         raise Unprocessable(
             f"the range holds more than {MAX_BUCKETS} {bucket.value} buckets; narrow it or use a wider bucket",
@@ -111,7 +96,7 @@ async def readings(
     limit: Limit = 1000,
 ) -> Any:
     await store.get_meter(conn, meter_id)
-    s, e = _range(start, end, now, timedelta(days=1))
+    s, e = period(start, end, now, lambda e: e - timedelta(days=1))
     rows = await store.readings(conn, meter_id=meter_id, obis=obis, start=s, end=e, after=_cursor(after), limit=limit)
     last = rows[-1] if len(rows) == limit else None
     # UTC with "Z": a cursor pasted into a URL unencoded has no "+" to lose
@@ -179,5 +164,5 @@ async def events(
     end: End = None,
     limit: Limit = 1000,
 ) -> Any:
-    s, e = _range(start, end, now, timedelta(days=7))
+    s, e = period(start, end, now, lambda e: e - timedelta(days=7))
     return await store.events(conn, meter_id=meter_id, kind=kind, start=s, end=e, limit=limit)
