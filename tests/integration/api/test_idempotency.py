@@ -104,3 +104,31 @@ async def test_stale_claim_of_a_dead_request_is_taken_over(conn: Any) -> None:
 
     r = await run_once(c, who, "k", method="POST", path="/v1/topups", body={"a": 1}, ttl_h=48, operation=op)
     assert r.status_code == 201 and REPLAY_HEADER not in r.headers
+
+
+async def test_operation_and_stored_response_commit_together(conn: Any) -> None:
+    """One transaction: what a failing operation wrote is rolled back with the claim,
+    and a successful one's writes are visible together with its stored response."""
+    c, who = conn
+    kw: dict[str, Any] = {"method": "POST", "path": "/v1/topups", "body": {"a": 1}, "ttl_h": 48}
+
+    async def write(note: str, fail: bool) -> tuple[int, Any]:
+        await c.execute("update accounts set customer_name = %s where id = 'A-1'", (note,))
+        if fail:
+            raise NotFound("after the write")
+        return 201, {"note": note}
+
+    with pytest.raises(NotFound):
+        await run_once(c, who, "k", operation=lambda: write("failed", True), **kw)
+    cur = await c.execute("select customer_name from accounts where id = 'A-1'")
+    assert (await cur.fetchone()) != ("failed",)
+    cur = await c.execute("select count(*) from api_idempotency")
+    assert await cur.fetchone() == (0,)
+
+    r = await run_once(c, who, "k", operation=lambda: write("kept", False), **kw)
+    assert r.status_code == 201
+    cur = await c.execute(
+        "select a.customer_name, i.status_code from accounts a, api_idempotency i"
+        " where a.id = 'A-1' and i.idempotency_key = 'k'"
+    )
+    assert await cur.fetchone() == ("kept", 201)
