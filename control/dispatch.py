@@ -152,7 +152,7 @@ class MqttTransport:
         if known:
             self._loop.call_soon_threadsafe(self._subscribed.set)
 
-    async def ready(self, timeout_s: float = 5.0) -> None:
+    async def ready(self, timeout_s: float = 15.0) -> None:
         try:
             await asyncio.wait_for(self._subscribed.wait(), timeout_s)
         except TimeoutError as exc:
