@@ -43,7 +43,7 @@ def test_demo_tells_the_story_from_warning_to_reconnect() -> None:
                 "--modbus-port",
                 str(free_port()),
                 "--max-minutes",
-                "6",
+                "12",
             ],
             env=env,
             capture_output=True,
