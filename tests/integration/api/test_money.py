@@ -86,6 +86,14 @@ async def test_reversal_ledger_statement_credit(client: httpx.AsyncClient, keys:
     )
     assert st.status_code == 200, st.text
     assert st.json()["closing_balance_minor"] == 5000
+    cols = await client.get("/v1/accounts/A-1/statement/columns", params=st.request.url.params, headers=cust)
+    assert cols.status_code == 200 and cols.headers["content-type"] == "application/json", cols.text
+    body = cols.json()
+    assert body["closing_balance_minor"] == 5000 and body["opening_balance_minor"] == st.json()["opening_balance_minor"]
+    assert [e["amount_minor"] for e in body["entries"]] == [e["amount_minor"] for e in st.json()["entries"]]
+    assert len(body["intervals"]["interval_start"]) == len(st.json()["intervals"])
+    other = await client.get("/v1/accounts/A-2/statement/columns", headers=cust)
+    assert other.status_code == 404  # a customer sees only its own accounts
     credit = await client.get("/v1/accounts/A-1/credit", headers=cust)
     assert credit.status_code == 200, credit.text
     assert credit.json()["balance_minor"] == 5000
