@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import os
 import signal
 import subprocess
@@ -401,9 +402,23 @@ def _headend() -> str:
     return str(Path(sys.executable).with_name("headend"))
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the demo dies, however it dies (Linux prctl)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:  # not glibc Linux: the demo's finally block is the only cleanup
+        return
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _start(name: str, args: list[str], env: dict[str, str], workdir: Path) -> subprocess.Popen[bytes]:
+    # The fleet runs until stopped: if the demo is killed (SIGKILL, a test's timeout), its
+    # children must not live on publishing into the broker, so they die with it.
     with (workdir / f"{name}.log").open("wb") as log:
-        return subprocess.Popen([_headend(), *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [_headend(), *args], env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
 
 
 async def _wait_http(url: str, timeout_s: float) -> None:

@@ -89,3 +89,69 @@ def test_demo_tells_the_story_from_warning_to_reconnect() -> None:
         assert readings is not None and readings[0] == 6  # 3 story meters + native + Tasmota + SunSpec
     finally:
         db.drop_database(BASE_URL, name)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # field 4 of /proc/PID/stat: the parent's pid
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.timeout(300)
+def test_killing_the_demo_takes_its_services_and_fleet_with_it() -> None:
+    """A demo killed with SIGKILL (or by a test's timeout) leaves nothing publishing behind."""
+    import signal
+    import time
+
+    name = f"headend_demo_{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "HEADEND_DATABASE_URL": db.database_url_for(BASE_URL, "headend")}
+    demo = subprocess.Popen(
+        [
+            HEADEND,
+            "--log-level",
+            "WARNING",
+            "demo",
+            "--database",
+            name,
+            "--fleet",
+            str(FLEET),
+            "--api-port",
+            str(free_port()),
+            "--modbus-port",
+            str(free_port()),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        kids: list[int] = []
+        while time.monotonic() < deadline and len(kids) < 2:  # services, then the fleet
+            time.sleep(0.5)
+            kids = _children(demo.pid)
+        assert len(kids) >= 2, f"the demo did not start its services and fleet: {kids}"
+        demo.send_signal(signal.SIGKILL)
+        demo.wait(timeout=10)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(_alive(k) for k in kids):
+            time.sleep(0.5)
+        assert not any(_alive(k) for k in kids), "children outlived the demo"
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+        db.drop_database(BASE_URL, name)
