@@ -136,13 +136,12 @@ class Story:
     topup_sim: datetime | None = None
     reconnected_real: float | None = None
     disconnected: bool = False
-    lines: int = 0
+    commands_since: datetime | None = None  # simulated time: only commands changed since are read
 
     def stamp(self, at: datetime) -> str:
         return at.astimezone(self.tz).strftime("%a %H:%M")
 
     def say(self, at: datetime, text: str) -> None:
-        self.lines += 1
         print(f"  {self.stamp(at)}  {text}", flush=True)
 
 
@@ -185,8 +184,12 @@ async def _narrate(conn: AsyncConnection[Any], story: Story, now: datetime) -> N
             when = f", earliest execution {story.stamp(datetime.fromisoformat(str(body['earliest_execution'])))}"
         story.say(now, f"[notice] {kind.replace('_', ' ')} to {account}: {status}{when}")
     cur = await conn.execute(
-        "select id, meter_id, action, state, reason from commands order by id",
+        "select id, meter_id, action, state, reason from commands"
+        " where %(since)s::timestamptz is null or updated_at >= %(since)s order by id",
+        {"since": story.commands_since},
     )
+    # control stamps updated_at with the same shared clock; an hour of margin covers the lag
+    story.commands_since = now - timedelta(hours=1)
     for cid, meter, action, state, reason in await cur.fetchall():
         if story.command_states.get(cid) == state:
             continue
@@ -304,15 +307,15 @@ def prepare(args: argparse.Namespace) -> Setup:
     for meter, (balance, what) in STORY_METERS.items():
         print(f"  story meter {meter}: {_fmt_money(balance)} CNY, {what}")
     with db.connect(url, autocommit=True) as conn:
+        registry.ensure_tariff(
+            conn,
+            "flat-cny",
+            "flat 0.56 CNY/kWh",
+            effective_from=origin - timedelta(days=365),
+            definition={"kind": "flat", "price_per_kwh": "0.56", "currency": "CNY"},
+        )
         for meter, (balance, _) in STORY_METERS.items():
             registry.ensure_service_point(conn, f"SP-{meter}", feeder="FS1", timezone=DEMO_TZ)
-            registry.ensure_tariff(
-                conn,
-                "flat-cny",
-                "flat 0.56 CNY/kWh",
-                effective_from=origin - timedelta(days=365),
-                definition={"kind": "flat", "price_per_kwh": "0.56", "currency": "CNY"},
-            )
             registry.open_account(
                 conn, f"A-{meter}", service_point_id=f"SP-{meter}", tariff_id="flat-cny", balance_minor=balance
             )
